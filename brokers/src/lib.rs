@@ -1,0 +1,192 @@
+//! Real local brokers for the demo and the end-to-end tests: Mosquitto (Debian's package) and
+//! Tansu (a Kafka-protocol broker, `cargo install`ed by `scripts/ensure-tools`), each started as
+//! a child process on a free loopback port and killed when dropped.
+//!
+//! - [`free_port`]: a currently free loopback port.
+//! - [`Mosquitto`]: `deploy/mosquitto/edubrain.conf` plus a generated listener.
+//! - [`Tansu`]: memory or sqlite storage; `kill9` and `restart` for fault tests.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("{what} not found: {hint}")]
+    NotFound { what: &'static str, hint: String },
+    #[error("starting {what}: {source}")]
+    Spawn {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} did not accept connections on {addr} within {secs}s (log: {log})")]
+    NotReady { what: &'static str, addr: SocketAddr, secs: u64, log: String },
+}
+
+/// A loopback port that was free a moment ago (the OS picks it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("loopback is available")
+}
+
+fn wait_ready(what: &'static str, port: u16, log: &Path, child: &mut Child) -> Result<(), BrokerError> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            return Err(BrokerError::NotReady { what, addr, secs: 0, log: format!("exited with {status}: {log}") });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(BrokerError::NotReady { what, addr, secs: 30, log: log.display().to_string() })
+}
+
+fn find_binary(what: &'static str, env: &str, candidates: &[PathBuf], hint: &str) -> Result<PathBuf, BrokerError> {
+    if let Some(p) = std::env::var_os(env) {
+        return Ok(PathBuf::from(p));
+    }
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| BrokerError::NotFound { what, hint: format!("set {env} or {hint} (looked in {candidates:?})") })
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("brokers/ lives in the workspace").to_path_buf()
+}
+
+/// A Mosquitto broker owned by this process.
+pub struct Mosquitto {
+    child: Child,
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+impl Mosquitto {
+    /// Starts Mosquitto with `deploy/mosquitto/edubrain.conf`, persisting into `dir`.
+    pub fn start(dir: &Path) -> Result<Self, BrokerError> {
+        let bin = find_binary(
+            "mosquitto",
+            "EDUBRAIN_MOSQUITTO",
+            &[PathBuf::from("/usr/sbin/mosquitto"), PathBuf::from("/usr/bin/mosquitto")],
+            "run scripts/ensure-tools (apt-get install mosquitto)",
+        )?;
+        std::fs::create_dir_all(dir).map_err(|e| BrokerError::Spawn { what: "mosquitto", source: e })?;
+        let port = free_port();
+        let base = std::fs::read_to_string(repo_root().join("deploy/mosquitto/edubrain.conf"))
+            .map_err(|e| BrokerError::Spawn { what: "mosquitto", source: e })?;
+        let conf = dir.join("mosquitto.conf");
+        let mut f = std::fs::File::create(&conf).map_err(|e| BrokerError::Spawn { what: "mosquitto", source: e })?;
+        writeln!(f, "{base}\nlistener {port} 127.0.0.1\npersistence_location {}/\nlog_dest stderr\n", dir.display())
+            .map_err(|e| BrokerError::Spawn { what: "mosquitto", source: e })?;
+        let log = dir.join("mosquitto.log");
+        let mut child = Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).map_err(|e| BrokerError::Spawn { what: "mosquitto", source: e })?)
+            .spawn()
+            .map_err(|e| BrokerError::Spawn { what: "mosquitto", source: e })?;
+        wait_ready("mosquitto", port, &log, &mut child)?;
+        Ok(Self { child, port, dir: dir.to_path_buf() })
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Tansu's storage engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    /// Fast, lost on exit.
+    Memory,
+    /// Durable across `kill -9` (a sqlite file in the broker's directory).
+    Sqlite,
+}
+
+/// A Tansu broker owned by this process.
+pub struct Tansu {
+    child: Child,
+    pub port: u16,
+    dir: PathBuf,
+    storage: Storage,
+}
+
+/// Where `scripts/ensure-tools` installs Tansu.
+pub fn tansu_binary() -> Result<PathBuf, BrokerError> {
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    let cache = std::env::var_os("EDUBRAIN_TOOLS_DIR").map(PathBuf::from).unwrap_or_else(|| home.join(".cache/edubrain/tools"));
+    find_binary("tansu", "EDUBRAIN_TANSU", &[cache.join("tansu-0.6.0/bin/tansu")], "run scripts/ensure-tools")
+}
+
+impl Tansu {
+    pub fn start(dir: &Path, storage: Storage) -> Result<Self, BrokerError> {
+        std::fs::create_dir_all(dir).map_err(|e| BrokerError::Spawn { what: "tansu", source: e })?;
+        let mut t = Self::spawn(dir, storage, free_port())?;
+        t.wait()?;
+        Ok(t)
+    }
+
+    fn spawn(dir: &Path, storage: Storage, port: u16) -> Result<Self, BrokerError> {
+        let bin = tansu_binary()?;
+        let url = format!("tcp://127.0.0.1:{port}");
+        let engine = match storage {
+            Storage::Memory => "memory://tansu/".to_string(),
+            Storage::Sqlite => format!("sqlite://{}/tansu.db", dir.display()),
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("tansu.log"))
+            .map_err(|e| BrokerError::Spawn { what: "tansu", source: e })?;
+        let child = Command::new(bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", &engine])
+            .current_dir(dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| BrokerError::Spawn { what: "tansu", source: e })?;
+        Ok(Self { child, port, dir: dir.to_path_buf(), storage })
+    }
+
+    fn wait(&mut self) -> Result<(), BrokerError> {
+        wait_ready("tansu", self.port, &self.dir.join("tansu.log"), &mut self.child)
+    }
+
+    /// `host:port` for `bootstrap.servers`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts again on the same port and storage.
+    pub fn restart(&mut self) -> Result<(), BrokerError> {
+        self.kill9();
+        *self = Self::spawn(&self.dir.clone(), self.storage, self.port)?;
+        self.wait()
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

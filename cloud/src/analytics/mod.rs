@@ -1,0 +1,34 @@
+//! The education analytics (documented in the README's "Analytics" section).
+//!
+//! - [`gaps`]: registry-only gap analysis (pure): enrolment-weighted CV, senior-title gaps.
+//! - [`utilisation`]: utilisation, idle, no-show, interruption, sharing and upload-pass rates
+//!   from events, per school / alliance / zone / county / city, each against its target.
+//! - [`recommend`]: resource recommendations with the parts of their score (pure scoring over
+//!   aggregates the warehouse computes).
+
+pub mod gaps;
+pub mod recommend;
+pub mod utilisation;
+
+use chrono::NaiveDate;
+
+/// An inclusive range of local school days; either end may be open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DateRange {
+    pub from: Option<NaiveDate>,
+    pub to: Option<NaiveDate>,
+}
+
+impl DateRange {
+    /// SQL predicate on the `date` partition column (dates are formatted by us: no injection).
+    pub fn predicate(&self) -> String {
+        let mut p = String::new();
+        if let Some(f) = self.from {
+            p += &format!(" AND date >= '{}'", f.format("%Y-%m-%d"));
+        }
+        if let Some(t) = self.to {
+            p += &format!(" AND date <= '{}'", t.format("%Y-%m-%d"));
+        }
+        p
+    }
+}

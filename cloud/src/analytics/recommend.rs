@@ -1,0 +1,250 @@
+//! Resource recommendation: for a school, rank resources owned elsewhere by how well they close
+//! the school's gaps, and say why. The warehouse computes aggregates; scoring is pure.
+//!
+//! score = Σ wᵢ · partᵢ / Σ wᵢ over the parts
+//! - gap: the school's shortfall in the resource's subject (mean assessment score relative to the
+//!   province mean for that subject; a 25% shortfall or worse counts fully);
+//! - quality: Bayesian mean rating (prior 3/5 with weight 3), scaled to 0..1;
+//! - reuse: distinct other schools that downloaded it, relative to the most reused resource;
+//! - proximity: same zone 1, same alliance 0.75, same county 0.5, same city 0.25, else 0.
+//!
+//! Novelty: resources the school already viewed or downloaded are never recommended.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::Serialize;
+
+use super::DateRange;
+use crate::CloudError;
+use crate::config::RecommendationWeights;
+use crate::warehouse::Warehouse;
+
+/// Where a school sits, for proximity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Place {
+    pub city: String,
+    pub county: String,
+    pub alliance: String,
+    pub zone: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResourceStats {
+    pub resource_id: String,
+    pub owner_school: String,
+    pub subject: String,
+    pub kind: String,
+    pub rating_sum: f64,
+    pub ratings: u64,
+    pub reuse_schools: u64,
+}
+
+/// Everything scoring needs, already aggregated.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    pub places: HashMap<String, Place>,
+    pub resources: Vec<ResourceStats>,
+    /// (school, resource) pairs already used.
+    pub used: HashSet<(String, String)>,
+    /// Mean relative score (0..1) per (school, subject).
+    pub school_subject_score: HashMap<(String, String), f64>,
+    /// Mean relative score per subject over the province.
+    pub subject_score: HashMap<String, f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScoreParts {
+    pub gap: f64,
+    pub quality: f64,
+    pub reuse: f64,
+    pub proximity: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Recommendation {
+    pub resource_id: String,
+    pub owner_school: String,
+    pub subject: String,
+    pub kind: String,
+    pub score: f64,
+    pub parts: ScoreParts,
+    pub why: String,
+}
+
+pub fn proximity(a: &Place, b: &Place) -> (f64, &'static str) {
+    if a.zone == b.zone {
+        (1.0, "same zone")
+    } else if a.alliance == b.alliance {
+        (0.75, "same alliance")
+    } else if a.county == b.county {
+        (0.5, "same county")
+    } else if a.city == b.city {
+        (0.25, "same city")
+    } else {
+        (0.0, "other city")
+    }
+}
+
+/// Ranks resources for `school`, best first, at most `limit`.
+pub fn recommend(inputs: &Inputs, school: &str, w: &RecommendationWeights, limit: usize) -> Vec<Recommendation> {
+    let Some(here) = inputs.places.get(school) else { return Vec::new() };
+    let max_reuse = inputs.resources.iter().map(|r| r.reuse_schools).max().unwrap_or(0).max(1) as f64;
+    let total_w = (w.gap + w.quality + w.reuse + w.proximity).max(f64::MIN_POSITIVE);
+    let mut out: Vec<Recommendation> = inputs
+        .resources
+        .iter()
+        .filter(|r| r.owner_school != school && !inputs.used.contains(&(school.to_string(), r.resource_id.clone())))
+        .filter_map(|r| {
+            let there = inputs.places.get(&r.owner_school)?;
+            let (prox, near) = proximity(here, there);
+            let province = inputs.subject_score.get(&r.subject).copied();
+            let mine = inputs.school_subject_score.get(&(school.to_string(), r.subject.clone())).copied();
+            let shortfall = match (province, mine) {
+                (Some(p), Some(m)) if p > 0.0 => ((p - m) / p).max(0.0),
+                _ => 0.0,
+            };
+            let gap = (shortfall / 0.25).min(1.0);
+            let mean_rating = (r.rating_sum + 3.0 * 3.0) / (r.ratings as f64 + 3.0);
+            let quality = ((mean_rating - 1.0) / 4.0).clamp(0.0, 1.0);
+            let reuse = r.reuse_schools as f64 / max_reuse;
+            let score = (w.gap * gap + w.quality * quality + w.reuse * reuse + w.proximity * prox) / total_w;
+            let why = format!(
+                "{}; rated {:.1}/5 by {}; reused by {} other school(s); {near}",
+                if shortfall > 0.0 {
+                    format!("closes a {:.0}% {} gap", 100.0 * shortfall, r.subject)
+                } else {
+                    format!("no {} gap measured", r.subject)
+                },
+                mean_rating,
+                r.ratings,
+                r.reuse_schools
+            );
+            Some(Recommendation {
+                resource_id: r.resource_id.clone(),
+                owner_school: r.owner_school.clone(),
+                subject: r.subject.clone(),
+                kind: r.kind.clone(),
+                score,
+                parts: ScoreParts { gap, quality, reuse, proximity: prox },
+                why,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.resource_id.cmp(&b.resource_id)));
+    out.truncate(limit);
+    out
+}
+
+/// Aggregates the scoring inputs from the warehouse over `range`.
+pub async fn load_inputs(wh: &Warehouse, range: DateRange) -> Result<Inputs, CloudError> {
+    let r = range.predicate();
+    let mut inputs = Inputs::default();
+    for s in wh.schools() {
+        inputs.places.insert(
+            s.school_id.clone(),
+            Place { city: s.city.clone(), county: s.county.clone(), alliance: s.alliance.clone(), zone: s.zone.clone() },
+        );
+    }
+    let str_of =
+        |row: &serde_json::Map<String, serde_json::Value>, k: &str| row.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    let num_of = |row: &serde_json::Map<String, serde_json::Value>, k: &str| row.get(k).and_then(|v| v.as_f64()).unwrap_or(0.0);
+    let rows = wh
+        .query_json(&format!(
+            "SELECT resource_id, MIN(owner_school) AS owner_school, MIN(subject) AS subject, MIN(resource_kind) AS kind, \
+                    COALESCE(SUM(rating), 0) AS rating_sum, COUNT(rating) AS ratings, \
+                    COUNT(DISTINCT CASE WHEN event_type = 'resource_downloaded' AND school <> owner_school THEN school END) AS reuse_schools, \
+                    MAX(CASE WHEN passed_review = false THEN 1 ELSE 0 END) AS failed_review \
+             FROM events WHERE resource_id IS NOT NULL{r} GROUP BY resource_id"
+        ))
+        .await?;
+    for row in rows {
+        if num_of(&row, "failed_review") > 0.0 {
+            continue; // never recommend what failed the quality review
+        }
+        inputs.resources.push(ResourceStats {
+            resource_id: str_of(&row, "resource_id"),
+            owner_school: str_of(&row, "owner_school"),
+            subject: str_of(&row, "subject"),
+            kind: str_of(&row, "kind"),
+            rating_sum: num_of(&row, "rating_sum"),
+            ratings: num_of(&row, "ratings") as u64,
+            reuse_schools: num_of(&row, "reuse_schools") as u64,
+        });
+    }
+    inputs.resources.sort_by(|a, b| a.resource_id.cmp(&b.resource_id));
+    for row in wh
+        .query_json(&format!(
+            "SELECT DISTINCT school, resource_id FROM events WHERE event_type IN ('resource_viewed', 'resource_downloaded'){r}"
+        ))
+        .await?
+    {
+        inputs.used.insert((str_of(&row, "school"), str_of(&row, "resource_id")));
+    }
+    let mut by_subject: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for row in wh
+        .query_json(&format!(
+            "SELECT school, subject, SUM(score / max_score) AS total, COUNT(*) AS n FROM events \
+             WHERE event_type = 'assessment_recorded'{r} GROUP BY school, subject"
+        ))
+        .await?
+    {
+        let (total, n) = (num_of(&row, "total"), num_of(&row, "n"));
+        let subject = str_of(&row, "subject");
+        inputs.school_subject_score.insert((str_of(&row, "school"), subject.clone()), total / n);
+        let e = by_subject.entry(subject).or_default();
+        e.0 += total;
+        e.1 += n;
+    }
+    inputs.subject_score = by_subject.into_iter().map(|(s, (t, n))| (s, t / n)).collect();
+    Ok(inputs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn place(zone: &str, alliance: &str) -> Place {
+        Place { city: "c".into(), county: "k".into(), alliance: alliance.into(), zone: zone.into() }
+    }
+
+    fn res(id: &str, owner: &str, rating_sum: f64, ratings: u64, reuse: u64) -> ResourceStats {
+        ResourceStats {
+            resource_id: id.into(),
+            owner_school: owner.into(),
+            subject: "math".into(),
+            kind: "lesson".into(),
+            rating_sum,
+            ratings,
+            reuse_schools: reuse,
+        }
+    }
+
+    #[test]
+    fn hand_computed_score_and_novelty() {
+        let mut i = Inputs::default();
+        i.places.insert("weak".into(), place("z1", "a1"));
+        i.places.insert("strong".into(), place("z1", "a1"));
+        i.places.insert("far".into(), Place { city: "c2".into(), county: "k2".into(), alliance: "a9".into(), zone: "z9".into() });
+        i.resources = vec![
+            res("r1", "strong", 10.0, 2, 4),
+            res("r2", "far", 10.0, 2, 4),
+            res("r3", "strong", 0.0, 0, 0),
+            res("own", "weak", 5.0, 1, 1),
+        ];
+        i.used.insert(("weak".into(), "r3".into()));
+        i.subject_score.insert("math".into(), 0.8);
+        i.school_subject_score.insert(("weak".into(), "math".into()), 0.7);
+        let w = RecommendationWeights::default();
+        let recs = recommend(&i, "weak", &w, 10);
+        let ids: Vec<_> = recs.iter().map(|r| r.resource_id.as_str()).collect();
+        assert_eq!(ids, ["r1", "r2"], "own and already-used resources are excluded");
+        // r1: shortfall (0.8-0.7)/0.8 = 0.125 → gap 0.5; mean rating (10+9)/5 = 3.8 → quality 0.7;
+        // reuse 4/4 = 1; proximity 1. score = 0.35*0.5 + 0.25*0.7 + 0.15*1 + 0.25*1 = 0.75.
+        let r1 = &recs[0];
+        assert!((r1.parts.gap - 0.5).abs() < 1e-12 && (r1.parts.quality - 0.7).abs() < 1e-12);
+        assert!((r1.score - 0.75).abs() < 1e-12, "{}", r1.score);
+        assert!(r1.why.contains("closes a 13% math gap") && r1.why.contains("same zone"), "{}", r1.why); // 12.5000000000001%
+        // r2 differs only in proximity (another city: 0): 0.75 - 0.25 = 0.5.
+        assert!((recs[1].score - 0.5).abs() < 1e-12);
+    }
+}

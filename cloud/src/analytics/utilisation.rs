@@ -1,0 +1,192 @@
+//! Utilisation and sharing rates from events.
+//!
+//! Definitions (each classroom terminal stands for the equipment of its room):
+//! - utilisation = equipment in-use hours / timetable hours, where timetable hours = school days
+//!   the room's terminal was on (heartbeats) × `timetable_hours_per_day`;
+//! - idle rate = share of room-days on which the equipment was not used at all;
+//! - booking no-show rate = no-shows / (check-ins + no-shows), by the facility's school;
+//! - live interruption rate = streams with at least one interruption / streams started;
+//! - resource sharing rate = share of a group's resources used (viewed or downloaded) by at
+//!   least one school other than the owner;
+//! - upload pass rate = uploads that passed review / uploads.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::DateRange;
+use crate::CloudError;
+use crate::config::Thresholds;
+use crate::warehouse::Warehouse;
+
+/// What rows are grouped by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupBy {
+    School,
+    Alliance,
+    Zone,
+    County,
+    City,
+}
+
+impl GroupBy {
+    pub const ALL: [GroupBy; 5] = [GroupBy::School, GroupBy::Alliance, GroupBy::Zone, GroupBy::County, GroupBy::City];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|g| g.name() == s)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupBy::School => "school",
+            GroupBy::Alliance => "alliance",
+            GroupBy::Zone => "zone",
+            GroupBy::County => "county",
+            GroupBy::City => "city",
+        }
+    }
+
+    /// Column of `school_dim` (a fixed identifier, never user text).
+    fn column(self) -> &'static str {
+        match self {
+            GroupBy::School => "school_id",
+            GroupBy::Alliance => "alliance",
+            GroupBy::Zone => "zone",
+            GroupBy::County => "county",
+            GroupBy::City => "city",
+        }
+    }
+}
+
+/// A rate with its target.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rate {
+    pub value: Option<f64>,
+    pub target: f64,
+    /// Whether higher is better for this rate (utilisation) or lower (idle, no-show).
+    pub higher_is_better: bool,
+    pub meets: Option<bool>,
+}
+
+impl Rate {
+    fn new(value: Option<f64>, target: f64, higher_is_better: bool) -> Self {
+        let meets = value.map(|v| if higher_is_better { v >= target } else { v <= target });
+        Rate { value, target, higher_is_better, meets }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UtilisationRow {
+    pub group_by: GroupBy,
+    pub group: String,
+    pub classrooms: u64,
+    pub in_use_hours: f64,
+    pub timetable_hours: f64,
+    pub utilisation: Rate,
+    pub idle_rate: Rate,
+    pub booking_no_show_rate: Rate,
+    pub live_interruption_rate: Rate,
+    pub resource_sharing_rate: Rate,
+    pub upload_pass_rate: Rate,
+}
+
+type Metric = BTreeMap<String, Vec<Option<f64>>>;
+
+async fn metric(w: &Warehouse, sql: &str, cols: usize) -> Result<Metric, CloudError> {
+    let mut out = Metric::new();
+    for row in w.query_json(sql).await? {
+        let group = row.get("group_id").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        let vals = (0..cols).map(|i| row.get(&format!("v{i}")).and_then(|v| v.as_f64())).collect();
+        out.insert(group, vals);
+    }
+    Ok(out)
+}
+
+/// Utilisation report for every group of `by`, over `range`.
+pub async fn utilisation(w: &Warehouse, by: GroupBy, range: DateRange, t: &Thresholds) -> Result<Vec<UtilisationRow>, CloudError> {
+    let g = by.column();
+    let r = range.predicate();
+    let hours = t.timetable_hours_per_day;
+    let usage = metric(
+        w,
+        &format!(
+            "WITH days AS (SELECT school, classroom, COUNT(DISTINCT date) AS school_days FROM events \
+                           WHERE event_type = 'device_heartbeat'{r} GROUP BY school, classroom), \
+                  used_day AS (SELECT school, classroom, date, SUM(duration_s) AS in_use_s FROM events \
+                           WHERE event_type = 'equipment_session_ended'{r} GROUP BY school, classroom, date), \
+                  used AS (SELECT school, classroom, SUM(in_use_s) AS in_use_s, COUNT(*) AS used_days FROM used_day GROUP BY school, classroom), \
+                  rooms AS (SELECT d.school, d.school_days, COALESCE(u.in_use_s, 0) AS in_use_s, COALESCE(u.used_days, 0) AS used_days \
+                           FROM days d LEFT JOIN used u ON d.school = u.school AND d.classroom = u.classroom) \
+             SELECT s.{g} AS group_id, CAST(COUNT(*) AS DOUBLE) AS v0, SUM(in_use_s) / 3600.0 AS v1, \
+                    CAST(SUM(school_days) AS DOUBLE) * {hours} AS v2, \
+                    1.0 - CAST(SUM(LEAST(used_days, school_days)) AS DOUBLE) / SUM(school_days) AS v3 \
+             FROM rooms JOIN school_dim s ON rooms.school = s.school_id GROUP BY s.{g}"
+        ),
+        4,
+    )
+    .await?;
+    let no_show = metric(
+        w,
+        &format!(
+            "SELECT s.{g} AS group_id, \
+                    CAST(SUM(CASE WHEN event_type = 'facility_booking_no_show' THEN 1 ELSE 0 END) AS DOUBLE) / COUNT(*) AS v0 \
+             FROM events e JOIN school_dim s ON e.school = s.school_id \
+             WHERE event_type IN ('facility_booking_no_show', 'facility_booking_checked_in'){r} GROUP BY s.{g}"
+        ),
+        1,
+    )
+    .await?;
+    let interruptions = metric(
+        w,
+        &format!(
+            "WITH streams AS (SELECT school, stream_id, MAX(CASE WHEN event_type = 'live_stream_interrupted' THEN 1 ELSE 0 END) AS interrupted, \
+                                     MAX(CASE WHEN event_type = 'live_stream_started' THEN 1 ELSE 0 END) AS started \
+                              FROM events WHERE stream_id IS NOT NULL{r} GROUP BY school, stream_id) \
+             SELECT s.{g} AS group_id, CAST(SUM(interrupted) AS DOUBLE) / SUM(started) AS v0 \
+             FROM streams JOIN school_dim s ON streams.school = s.school_id WHERE started = 1 GROUP BY s.{g}"
+        ),
+        1,
+    )
+    .await?;
+    let sharing = metric(
+        w,
+        &format!(
+            "WITH res AS (SELECT resource_id, MIN(owner_school) AS owner, \
+                                 MAX(CASE WHEN event_type IN ('resource_viewed', 'resource_downloaded') AND school <> owner_school THEN 1 ELSE 0 END) AS shared \
+                          FROM events WHERE resource_id IS NOT NULL{r} GROUP BY resource_id) \
+             SELECT s.{g} AS group_id, CAST(SUM(shared) AS DOUBLE) / COUNT(*) AS v0 \
+             FROM res JOIN school_dim s ON res.owner = s.school_id GROUP BY s.{g}"
+        ),
+        1,
+    )
+    .await?;
+    let uploads = metric(
+        w,
+        &format!(
+            "SELECT s.{g} AS group_id, CAST(SUM(CASE WHEN passed_review THEN 1 ELSE 0 END) AS DOUBLE) / COUNT(*) AS v0 \
+             FROM events e JOIN school_dim s ON e.school = s.school_id WHERE event_type = 'resource_uploaded'{r} GROUP BY s.{g}"
+        ),
+        1,
+    )
+    .await?;
+    let one = |m: &Metric, k: &str| m.get(k).and_then(|v| v[0]);
+    let mut rows = Vec::new();
+    for (group, u) in &usage {
+        let (in_use, timetable) = (u[1].unwrap_or(0.0), u[2].unwrap_or(0.0));
+        rows.push(UtilisationRow {
+            group_by: by,
+            group: group.clone(),
+            classrooms: u[0].unwrap_or(0.0) as u64,
+            in_use_hours: in_use,
+            timetable_hours: timetable,
+            utilisation: Rate::new((timetable > 0.0).then(|| in_use / timetable), t.utilisation_target, true),
+            idle_rate: Rate::new(u[3], t.idle_rate_target, false),
+            booking_no_show_rate: Rate::new(one(&no_show, group), t.booking_no_show_limit, false),
+            live_interruption_rate: Rate::new(one(&interruptions, group), t.live_interruption_target, false),
+            resource_sharing_rate: Rate::new(one(&sharing, group), t.resource_sharing_target, true),
+            upload_pass_rate: Rate::new(one(&uploads, group), t.upload_pass_rate_target, true),
+        });
+    }
+    Ok(rows)
+}

@@ -1,0 +1,163 @@
+//! Cloud configuration: TOML file (see `deploy/cloud.toml`), then `EDUBRAIN_CLOUD_*` env
+//! overrides. The plans' targets are named thresholds here with `domain.md`'s defaults.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::CloudError;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CloudConfig {
+    pub kafka: KafkaConfig,
+    /// Root of the Parquet warehouse (`events/date=…/city=…/part-….parquet`).
+    pub warehouse_dir: PathBuf,
+    /// School registry, CSV or Parquet with the standard columns.
+    pub registry: Option<PathBuf>,
+    /// Address of the API, `/metrics` and `/healthz`; port 0 picks a free port.
+    pub http_listen: String,
+    pub ingest: IngestConfig,
+    pub thresholds: Thresholds,
+    pub recommendation: RecommendationWeights,
+}
+
+impl Default for CloudConfig {
+    fn default() -> Self {
+        Self {
+            kafka: KafkaConfig::default(),
+            warehouse_dir: PathBuf::from("warehouse"),
+            registry: None,
+            http_listen: "127.0.0.1:8080".into(),
+            ingest: IngestConfig::default(),
+            thresholds: Thresholds::default(),
+            recommendation: RecommendationWeights::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub group_id: String,
+    pub events_topic: String,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            group_id: "edubrain-cloud".into(),
+            events_topic: edubrain_schemas::topics::KAFKA_EVENTS_TOPIC.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// A Parquet file is written when this many events are buffered …
+    pub flush_max_events: usize,
+    /// … or when the oldest buffered event has waited this long (bounds freshness).
+    pub flush_interval_ms: u64,
+    /// Recent event ids remembered to drop redeliveries.
+    pub dedup_capacity: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self { flush_max_events: 100_000, flush_interval_ms: 1000, dedup_capacity: 2_000_000 }
+    }
+}
+
+/// Targets and limits from the plans and the national balance standard (`domain.md`).
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Thresholds {
+    /// Shared equipment/facility utilisation target (plans: >= 70%).
+    pub utilisation_target: f64,
+    /// Idle-rate target (plans: 40% -> 15%).
+    pub idle_rate_target: f64,
+    /// Live-lesson interruption rate target (plans: 8.7% -> 1.2%).
+    pub live_interruption_target: f64,
+    /// Booking no-show rate above which a facility's bookings are flagged.
+    pub booking_no_show_limit: f64,
+    /// Course-resource sharing rate target (plans: 85% alliance, 90% zone).
+    pub resource_sharing_target: f64,
+    /// Resource upload pass rate target (plans: 65% -> 92%).
+    pub upload_pass_rate_target: f64,
+    /// CV limit per indicator for primary schools (national standard 2017: 0.50).
+    pub cv_primary: f64,
+    /// CV limit per indicator for junior-high schools (national standard 2017: 0.45).
+    pub cv_junior: f64,
+    /// Per-pupil funding CV limit across an alliance's schools (plans: 0.15).
+    pub funding_cv_alliance: f64,
+    /// Urban-rural gap in senior-title teacher share, percentage points (plans: <= 8).
+    pub senior_title_gap_pp: f64,
+    /// Timetable hours per school day (8 periods of 45 minutes).
+    pub timetable_hours_per_day: f64,
+    /// Province time zone offset from UTC in hours (local school days).
+    pub utc_offset_hours: i32,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self {
+            utilisation_target: 0.70,
+            idle_rate_target: 0.15,
+            live_interruption_target: 0.012,
+            booking_no_show_limit: 0.10,
+            resource_sharing_target: 0.85,
+            upload_pass_rate_target: 0.92,
+            cv_primary: 0.50,
+            cv_junior: 0.45,
+            funding_cv_alliance: 0.15,
+            senior_title_gap_pp: 8.0,
+            timetable_hours_per_day: 6.0,
+            utc_offset_hours: 8,
+        }
+    }
+}
+
+/// Weights of the parts of a recommendation score (they are reported with every score).
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecommendationWeights {
+    pub gap: f64,
+    pub quality: f64,
+    pub reuse: f64,
+    pub proximity: f64,
+}
+
+impl Default for RecommendationWeights {
+    fn default() -> Self {
+        Self { gap: 0.35, quality: 0.25, reuse: 0.15, proximity: 0.25 }
+    }
+}
+
+impl CloudConfig {
+    /// Reads a TOML file, then applies env overrides.
+    pub fn load(path: &Path) -> Result<Self, CloudError> {
+        let text = std::fs::read_to_string(path).map_err(|e| CloudError::Config(format!("{}: {e}", path.display())))?;
+        let mut c: CloudConfig = toml::from_str(&text).map_err(|e| CloudError::Config(format!("{}: {e}", path.display())))?;
+        c.apply_env(|k| std::env::var(k).ok());
+        Ok(c)
+    }
+
+    /// Overrides from `EDUBRAIN_CLOUD_KAFKA_BROKERS`, `_WAREHOUSE_DIR`, `_REGISTRY`, `_HTTP_LISTEN`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
+        if let Some(v) = get("EDUBRAIN_CLOUD_KAFKA_BROKERS") {
+            self.kafka.brokers = v;
+        }
+        if let Some(v) = get("EDUBRAIN_CLOUD_WAREHOUSE_DIR") {
+            self.warehouse_dir = v.into();
+        }
+        if let Some(v) = get("EDUBRAIN_CLOUD_REGISTRY") {
+            self.registry = Some(v.into());
+        }
+        if let Some(v) = get("EDUBRAIN_CLOUD_HTTP_LISTEN") {
+            self.http_listen = v;
+        }
+    }
+}

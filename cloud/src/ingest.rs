@@ -1,0 +1,302 @@
+//! Kafka -> Arrow -> Parquet. Offsets are committed only after every file of a flush is durable
+//! (see [`crate::sink`]), so a crash re-reads and rewrites rather than losing events. Poison
+//! records go to the `quarantine` table with topic, partition, offset and reason, and the
+//! consumer moves on.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, FixedOffset, TimeZone, Utc};
+use datafusion::arrow::array::{ArrayRef, Int32Array, Int64Array, StringArray, TimestampMillisecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
+use edubrain_schemas::{Event, ValidationPolicy, validate};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::CloudError;
+use crate::batch::{StoredEvent, build_batch, partition};
+use crate::config::CloudConfig;
+use crate::metrics::CloudMetrics;
+use crate::sink::write_parquet_atomic;
+
+/// Progress of ingest, for callers that wait for the warehouse to catch up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IngestProgress {
+    pub events_written: u64,
+    pub quarantined: u64,
+    /// Records in Kafka beyond the committed offsets, as of the last flush.
+    pub lag: i64,
+}
+
+struct Quarantined {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    rule: &'static str,
+    reason: String,
+    raw: String,
+}
+
+/// Bounded memory of recent event ids (redeliveries from an edge restart).
+struct SeenIds {
+    set: HashSet<u128>,
+    order: VecDeque<u128>,
+    cap: usize,
+}
+
+impl SeenIds {
+    fn insert(&mut self, id: u128) -> bool {
+        if !self.set.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > self.cap
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        true
+    }
+}
+
+fn consumer(config: &CloudConfig) -> Result<StreamConsumer, CloudError> {
+    ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .set("group.id", &config.kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .map_err(|e| CloudError::Kafka(format!("consumer for {}: {e}", config.kafka.brokers)))
+}
+
+/// Waits until `topic` exists and returns its partition ids.
+async fn partitions(consumer: &StreamConsumer, topic: &str, shutdown: &CancellationToken) -> Result<Vec<i32>, CloudError> {
+    loop {
+        match consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+            Ok(md) => {
+                if let Some(t) = md.topics().iter().find(|t| t.name() == topic)
+                    && t.error().is_none()
+                    && !t.partitions().is_empty()
+                {
+                    return Ok(t.partitions().iter().map(|p| p.id()).collect());
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "metadata not available yet"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(CloudError::Kafka(format!("stopped while waiting for topic {topic}"))),
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// Consumes until `shutdown`, writing Parquet under `root/events` and `root/quarantine`.
+pub async fn run(
+    config: CloudConfig,
+    root: PathBuf,
+    metrics: CloudMetrics,
+    progress: watch::Sender<IngestProgress>,
+    shutdown: CancellationToken,
+) -> Result<(), CloudError> {
+    let consumer = consumer(&config)?;
+    let topic = config.kafka.events_topic.clone();
+    let parts = partitions(&consumer, &topic, &shutdown).await?;
+    let mut tpl = TopicPartitionList::new();
+    for p in &parts {
+        // Offset::Stored resumes from the group's committed offset (earliest if none).
+        tpl.add_partition_offset(&topic, *p, Offset::Stored).map_err(|e| CloudError::Kafka(e.to_string()))?;
+    }
+    consumer.assign(&tpl).map_err(|e| CloudError::Kafka(format!("assign {topic}: {e}")))?;
+    tracing::info!(%topic, partitions = parts.len(), "cloud ingest consuming");
+
+    let offset = FixedOffset::east_opt(config.thresholds.utc_offset_hours * 3600)
+        .ok_or_else(|| CloudError::Config("utc_offset_hours out of range".into()))?;
+    let policy = ValidationPolicy { max_clock_ahead: chrono::Duration::hours(24), ..ValidationPolicy::default() };
+    let mut seen = SeenIds { set: HashSet::new(), order: VecDeque::new(), cap: config.ingest.dedup_capacity };
+    let mut buffer: Vec<StoredEvent> = Vec::new();
+    let mut poison: Vec<Quarantined> = Vec::new();
+    let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut first_buffered: Option<tokio::time::Instant> = None;
+    let interval = Duration::from_millis(config.ingest.flush_interval_ms);
+    let mut state = IngestProgress::default();
+    let mut lag_check = tokio::time::interval(Duration::from_secs(2));
+
+    loop {
+        let deadline = first_buffered.map(|t| t + interval);
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
+                flush(&consumer, &root, &topic, offset, &mut buffer, &mut poison, &mut next_offsets, &metrics, &mut state)?;
+                first_buffered = None;
+                state.lag = lag(&consumer, &topic, &parts);
+                metrics.consumer_lag.set(state.lag);
+                let _ = progress.send(state);
+            }
+            _ = lag_check.tick(), if first_buffered.is_none() => {
+                state.lag = lag(&consumer, &topic, &parts);
+                metrics.consumer_lag.set(state.lag);
+                let _ = progress.send(state);
+            }
+            msg = consumer.recv() => {
+                let msg = match msg {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Kafka consume error");
+                        continue;
+                    }
+                };
+                metrics.records_consumed.inc();
+                next_offsets.insert(msg.partition(), msg.offset() + 1);
+                let payload = msg.payload().unwrap_or_default();
+                let received = received_time(&msg).unwrap_or_else(Utc::now);
+                match Event::from_json(payload).and_then(|e| validate(&e, received, &policy).map(|_| e)) {
+                    Ok(event) => {
+                        if seen.insert(event.header.event_id.as_u128()) {
+                            buffer.push(StoredEvent { event, received_time: received });
+                        } else {
+                            metrics.events_duplicate.inc();
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(partition = msg.partition(), offset = msg.offset(), error = %e, "poison record quarantined");
+                        metrics.records_quarantined.with_label_values(&[e.rule()]).inc();
+                        poison.push(Quarantined {
+                            topic: topic.clone(),
+                            partition: msg.partition(),
+                            offset: msg.offset(),
+                            rule: e.rule(),
+                            reason: e.to_string(),
+                            raw: String::from_utf8_lossy(payload).into_owned(),
+                        });
+                    }
+                }
+                if first_buffered.is_none() {
+                    first_buffered = Some(tokio::time::Instant::now());
+                }
+                if buffer.len() >= config.ingest.flush_max_events {
+                    flush(&consumer, &root, &topic, offset, &mut buffer, &mut poison, &mut next_offsets, &metrics, &mut state)?;
+                    first_buffered = None;
+                    let _ = progress.send(state);
+                }
+            }
+        }
+    }
+    flush(&consumer, &root, &topic, offset, &mut buffer, &mut poison, &mut next_offsets, &metrics, &mut state)?;
+    let _ = progress.send(state);
+    Ok(())
+}
+
+fn received_time(msg: &rdkafka::message::BorrowedMessage<'_>) -> Option<DateTime<Utc>> {
+    let headers = msg.headers()?;
+    let h = headers.iter().find(|h| h.key == "edubrain.received_ms")?;
+    let ms: i64 = std::str::from_utf8(h.value?).ok()?.parse().ok()?;
+    Utc.timestamp_millis_opt(ms).single()
+}
+
+fn lag(consumer: &StreamConsumer, topic: &str, parts: &[i32]) -> i64 {
+    let committed = consumer.committed(Duration::from_secs(2)).ok();
+    let mut total = 0;
+    for p in parts {
+        let Ok((low, high)) = consumer.fetch_watermarks(topic, *p, Duration::from_secs(2)) else { continue };
+        let done = committed
+            .as_ref()
+            .and_then(|c| c.find_partition(topic, *p))
+            .and_then(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            })
+            .unwrap_or(low);
+        total += (high - done).max(0);
+    }
+    total
+}
+
+/// 64-bit FNV-1a: a stable file name from the offsets a flush covers.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn flush(
+    consumer: &StreamConsumer,
+    root: &Path,
+    topic: &str,
+    offset: FixedOffset,
+    buffer: &mut Vec<StoredEvent>,
+    poison: &mut Vec<Quarantined>,
+    next_offsets: &mut BTreeMap<i32, i64>,
+    metrics: &CloudMetrics,
+    state: &mut IngestProgress,
+) -> Result<(), CloudError> {
+    if next_offsets.is_empty() {
+        return Ok(());
+    }
+    let timer = metrics.flush_duration.start_timer();
+    // Deterministic names: the same offsets re-read after a crash overwrite the same file.
+    let tag = fnv1a(format!("{next_offsets:?}").as_bytes());
+    let events = std::mem::take(buffer);
+    let received: Vec<DateTime<Utc>> = events.iter().map(|e| e.received_time).collect();
+    let n = events.len() as u64;
+    for (key, part) in partition(events, offset) {
+        let batch = build_batch(&part)?;
+        let dir = root.join("events").join(key.dir());
+        let (_, bytes) = write_parquet_atomic(&dir, &format!("part-{tag:016x}.parquet"), &batch)?;
+        metrics.files_written.inc();
+        metrics.bytes_written.inc_by(bytes);
+    }
+    if !poison.is_empty() {
+        let batch = quarantine_batch(poison)?;
+        let (_, bytes) = write_parquet_atomic(&root.join("quarantine"), &format!("part-{tag:016x}.parquet"), &batch)?;
+        metrics.bytes_written.inc_by(bytes);
+        state.quarantined += poison.len() as u64;
+        poison.clear();
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in next_offsets.iter() {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(*o)).map_err(|e| CloudError::Kafka(e.to_string()))?;
+    }
+    consumer.commit(&tpl, CommitMode::Sync).map_err(|e| CloudError::Kafka(format!("commit {tpl:?}: {e}")))?;
+    next_offsets.clear();
+    let now = Utc::now();
+    for r in received {
+        metrics.freshness.observe((now - r).num_milliseconds().max(0) as f64 / 1000.0);
+    }
+    metrics.events_written.inc_by(n);
+    state.events_written += n;
+    timer.observe_duration();
+    Ok(())
+}
+
+/// Schema of the quarantine table.
+pub fn quarantine_schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new("topic", DataType::Utf8, false),
+        Field::new("partition", DataType::Int32, false),
+        Field::new("offset", DataType::Int64, false),
+        Field::new("rule", DataType::Utf8, false),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("raw", DataType::Utf8, false),
+        Field::new("quarantined_time", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
+    ]))
+}
+
+fn quarantine_batch(rows: &[Quarantined]) -> Result<RecordBatch, CloudError> {
+    let now = Utc::now().timestamp_millis();
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.topic.as_str()))),
+        Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.partition))),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.offset))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.rule))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.reason.as_str()))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.raw.as_str()))),
+        Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|_| now)).with_timezone("UTC")),
+    ];
+    Ok(RecordBatch::try_new(quarantine_schema(), cols)?)
+}

@@ -1,0 +1,76 @@
+//! Prometheus metrics of the cloud: `edubrain_cloud_<subsystem>_<what>_<unit>`, bounded labels.
+
+use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+#[derive(Clone)]
+pub struct CloudMetrics {
+    registry: Registry,
+    pub records_consumed: IntCounter,
+    pub events_written: IntCounter,
+    pub events_duplicate: IntCounter,
+    pub records_quarantined: IntCounterVec,
+    pub files_written: IntCounter,
+    pub bytes_written: IntCounter,
+    pub flush_duration: Histogram,
+    pub freshness: Histogram,
+    pub consumer_lag: IntGauge,
+    pub api_requests: IntCounterVec,
+    pub api_duration: HistogramVec,
+}
+
+impl CloudMetrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("edubrain_cloud".into()), None).expect("valid registry");
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m.expect("valid metric");
+                registry.register(Box::new(m.clone())).expect("unique metric");
+                m
+            }};
+        }
+        let secs = |name: &str, help: &str, buckets: Vec<f64>| HistogramOpts::new(name, help).buckets(buckets);
+        Self {
+            records_consumed: reg!(IntCounter::new("ingest_records_consumed_total", "Kafka records consumed")),
+            events_written: reg!(IntCounter::new("ingest_events_written_total", "Events made durable in Parquet")),
+            events_duplicate: reg!(IntCounter::new("ingest_events_duplicate_total", "Redelivered events dropped by event_id")),
+            records_quarantined: reg!(IntCounterVec::new(
+                Opts::new("ingest_records_quarantined_total", "Poison records kept in the quarantine table, by rule"),
+                &["rule"]
+            )),
+            files_written: reg!(IntCounter::new("ingest_files_written_total", "Parquet files written")),
+            bytes_written: reg!(IntCounter::new("ingest_written_bytes_total", "Parquet bytes written")),
+            flush_duration: reg!(Histogram::with_opts(secs(
+                "ingest_flush_duration_seconds",
+                "Time to write, fsync and commit one flush",
+                vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+            ))),
+            freshness: reg!(Histogram::with_opts(secs(
+                "ingest_freshness_seconds",
+                "Edge receipt to queryable in the warehouse",
+                vec![0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0]
+            ))),
+            consumer_lag: reg!(IntGauge::new("ingest_consumer_lag_records", "Records in Kafka not yet committed by the warehouse")),
+            api_requests: reg!(IntCounterVec::new(
+                Opts::new("api_requests_total", "API requests by endpoint and status class"),
+                &["endpoint", "status"]
+            )),
+            api_duration: reg!(HistogramVec::new(
+                secs("api_request_duration_seconds", "API request duration", vec![0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+                &["endpoint"]
+            )),
+            registry,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("exposition is UTF-8")
+    }
+}
+
+impl Default for CloudMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,39 @@
+//! Durable Parquet files: written to a temporary name, fsynced, renamed into place, and the
+//! directory fsynced, so a reader (or a crash) never sees a partial file.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::file::properties::WriterProperties;
+
+use crate::CloudError;
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> CloudError + '_ {
+    move |e| CloudError::Io { path: path.display().to_string(), source: e }
+}
+
+/// Writes `batch` as `dir/name` atomically; returns the final path and its size in bytes.
+pub fn write_parquet_atomic(dir: &Path, name: &str, batch: &RecordBatch) -> Result<(PathBuf, u64), CloudError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let final_path = dir.join(name);
+    let tmp_path = dir.join(format!(".{name}.tmp"));
+    let file = File::create(&tmp_path).map_err(io(&tmp_path))?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("valid level")))
+        .set_max_row_group_row_count(Some(128 * 1024))
+        .build();
+    let parquet =
+        |e: datafusion::parquet::errors::ParquetError| CloudError::Parquet { path: tmp_path.display().to_string(), message: e.to_string() };
+    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(parquet)?;
+    writer.write(batch).map_err(parquet)?;
+    let file = writer.into_inner().map_err(parquet)?;
+    file.sync_all().map_err(io(&tmp_path))?;
+    let size = file.metadata().map_err(io(&tmp_path))?.len();
+    drop(file);
+    std::fs::rename(&tmp_path, &final_path).map_err(io(&final_path))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+    Ok((final_path, size))
+}

@@ -1,0 +1,242 @@
+//! The whole pipeline on one machine, for the README's first command: real Mosquitto and Tansu
+//! brokers, an edge per city, the cloud, and a simulated province publishing a school week.
+//!
+//! - [`DemoConfig`]: size of the province and how long the week takes in wall time.
+//! - [`run`]: starts everything, shows progress, waits until the warehouse holds every accepted
+//!   event, prints a summary and where to look.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chrono::Utc;
+use edubrain_agent::{MqttTarget, Pacing, ProvinceSpec, PublishProgress, province, simulate};
+use edubrain_brokers::{Mosquitto, Storage, Tansu};
+use edubrain_cloud::CloudConfig;
+use edubrain_cloud::analytics::DateRange;
+use edubrain_edge::EdgeConfig;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone)]
+pub struct DemoConfig {
+    pub province: ProvinceSpec,
+    pub school_days: u32,
+    /// Wall-clock seconds the simulated week should take.
+    pub wall_seconds: f64,
+    pub work_dir: PathBuf,
+    pub cloud_http: String,
+    /// Keep serving the API after the summary until Ctrl-C.
+    pub serve: bool,
+}
+
+/// A school-week's events of a province whose event count the demo prints in its summary.
+pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    if config.work_dir.exists() {
+        std::fs::remove_dir_all(&config.work_dir).with_context(|| format!("clearing {}", config.work_dir.display()))?;
+    }
+    let dir = std::fs::canonicalize({
+        std::fs::create_dir_all(&config.work_dir)?;
+        &config.work_dir
+    })?;
+    println!("==> starting brokers (Mosquitto, Tansu with sqlite storage) under {}", dir.display());
+    let mosquitto = Mosquitto::start(&dir.join("mosquitto"))?;
+    let tansu = Tansu::start(&dir.join("tansu"), Storage::Sqlite)?;
+    println!("    mqtt://127.0.0.1:{}   kafka 127.0.0.1:{}", mosquitto.port, tansu.port);
+
+    let province = province::build(&config.province);
+    let registry_path = dir.join("registry.csv");
+    edubrain_agent::write_registry(&province, &registry_path)?;
+    let cities: Vec<String> = {
+        let mut c: Vec<String> = province.schools.iter().map(|s| s.city.clone()).collect();
+        c.dedup();
+        c
+    };
+
+    let mut cloud_config = CloudConfig {
+        warehouse_dir: dir.join("warehouse"),
+        registry: Some(registry_path.clone()),
+        http_listen: config.cloud_http.clone(),
+        ..CloudConfig::default()
+    };
+    cloud_config.kafka.brokers = tansu.bootstrap();
+    let mut edges = Vec::new();
+    for city in &cities {
+        let mut c = EdgeConfig::for_city(city);
+        c.mqtt.port = mosquitto.port;
+        c.kafka.brokers = tansu.bootstrap();
+        c.http_listen = "127.0.0.1:0".into();
+        let edge = edubrain_edge::start(c, shutdown.clone()).await.with_context(|| format!("starting the edge of {city}"))?;
+        println!("==> edge {city}: metrics http://{}/metrics", edge.http_addr);
+        edges.push(edge);
+    }
+    let cloud = edubrain_cloud::start(cloud_config.clone(), shutdown.clone()).await.context("starting the cloud")?;
+    println!("==> cloud: API http://{}", cloud.http_addr);
+
+    let spec =
+        edubrain_agent::SimulatorConfig { school_days: config.school_days, ..Default::default() }.simulation_spec(Utc::now().date_naive());
+    let events = simulate::simulate(&province, &spec);
+    let (Some(first), Some(last)) = (events.first(), events.last()) else { bail!("the simulation produced no events") };
+    let span = (last.header.event_time - first.header.event_time).num_seconds().max(1) as f64;
+    let total = events.len() as u64;
+    println!(
+        "==> simulating {} schools, {} classrooms, {} school days from {} ({} events), at {:.0}x real time",
+        province.schools.len(),
+        province.classrooms().count(),
+        spec.school_days,
+        spec.first_day,
+        total,
+        span / config.wall_seconds
+    );
+    let progress = Arc::new(PublishProgress::default());
+    let pacing = Pacing { sim_start: first.header.event_time, wall_start: tokio::time::Instant::now(), speed: span / config.wall_seconds };
+    let target = MqttTarget { host: "127.0.0.1".into(), port: mosquitto.port };
+    // A misbehaving classroom app: its bad events must reach the dead-letter topic, not vanish.
+    let bad_room = &province.schools[0].classrooms[0];
+    let bad_topic = edubrain_schemas::topics::TerminalTopic {
+        city: bad_room.city.clone(),
+        school: bad_room.school.clone(),
+        classroom: bad_room.id.clone(),
+        terminal: bad_room.terminal.clone(),
+    };
+    edubrain_agent::publisher::publish_raw(
+        &target,
+        "demo-bad-app",
+        &bad_topic.events_topic(),
+        vec![b"{\"not\": \"an event\"}".to_vec(), b"\xff\xfe garbage".to_vec()],
+    )
+    .await?;
+    let publisher = {
+        let (target, progress, shutdown) = (target.clone(), progress.clone(), shutdown.clone());
+        tokio::spawn(async move { edubrain_agent::publish_all(&target, events, pacing, progress, shutdown).await })
+    };
+
+    let accepted = |edges: &[edubrain_edge::RunningEdge]| -> (u64, u64, u64) {
+        let mut a = (0, 0, 0);
+        for e in edges {
+            let m = &e.metrics;
+            a.0 += edubrain_edge::metrics::total(&m.events_accepted);
+            a.1 += edubrain_edge::metrics::total(&m.events_rejected);
+            a.2 += m.events_duplicate.get();
+        }
+        a
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(3));
+    let publish_deadline = tokio::time::Instant::now() + Duration::from_secs_f64(config.wall_seconds * 2.0 + 120.0);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => bail!("interrupted"),
+            _ = tick.tick() => {}
+        }
+        let (acc, rej, dup) = accepted(&edges);
+        let written = cloud.progress.borrow().events_written;
+        println!(
+            "    published {:>8}/{total}  acked {:>8}  edge accepted {:>8} rejected {rej} duplicate {dup}  warehouse {:>8}  lag {}",
+            progress.published(),
+            progress.acked(),
+            acc,
+            written,
+            cloud.progress.borrow().lag
+        );
+        if publisher.is_finished() && written >= acc && acc >= total {
+            break;
+        }
+        if tokio::time::Instant::now() > publish_deadline {
+            bail!("the pipeline did not catch up in time: {written} of {total} events in the warehouse");
+        }
+    }
+    let summary = publisher.await??;
+    let (acc, rej, dup) = accepted(&edges);
+    println!(
+        "==> done in {:.0}s: {} terminals created {} events; edges accepted {acc}, dead-lettered {rej}, dropped {dup} duplicates; warehouse holds {}",
+        started.elapsed().as_secs_f64(),
+        summary.terminals,
+        summary.created,
+        cloud.progress.borrow().events_written
+    );
+    print_summary(&cloud, &cloud_config, &province).await?;
+    println!("\nWhere to look:");
+    let api = format!("http://{}", cloud.http_addr);
+    println!("  curl -s {api}/api/v1/summary");
+    println!("  curl -s '{api}/api/v1/utilisation?by=school'");
+    println!("  curl -s '{api}/api/v1/gaps?scope=alliance'");
+    println!("  curl -s '{api}/api/v1/recommendations?school={}'", province.schools.last().map(|s| s.id.clone()).unwrap_or_default());
+    println!(
+        "  curl -s {api}/metrics        # cloud metrics; edges: {}",
+        edges.iter().map(|e| format!("http://{}/metrics", e.http_addr)).collect::<Vec<_>>().join(" ")
+    );
+    println!("  cargo run -p edubrain-cloud -- gaps --registry {}", registry_path.display());
+    println!("  Parquet files: {}/warehouse/events/date=*/city=*/", dir.display());
+    if config.serve {
+        println!("\nServing until Ctrl-C.");
+        shutdown.cancelled().await;
+    } else {
+        shutdown.cancel();
+    }
+    for e in edges {
+        e.wait().await?;
+    }
+    cloud.wait().await?;
+    Ok(())
+}
+
+async fn print_summary(
+    cloud: &edubrain_cloud::RunningCloud,
+    config: &CloudConfig,
+    province: &edubrain_agent::Province,
+) -> anyhow::Result<()> {
+    use edubrain_cloud::analytics::gaps::{GapReport, Scope};
+    use edubrain_cloud::analytics::utilisation::{GroupBy, utilisation};
+    let t = &config.thresholds;
+    println!(
+        "\nUtilisation by alliance (target >= {:.0}%; idle target <= {:.0}%)",
+        100.0 * t.utilisation_target,
+        100.0 * t.idle_rate_target
+    );
+    println!("  {:<10} {:>10} {:>10} {:>9} {:>14} {:>12}", "alliance", "utilised", "idle", "no-show", "interruptions", "sharing");
+    let pct = |r: &edubrain_cloud::analytics::utilisation::Rate| r.value.map_or("-".to_string(), |v| format!("{:.1}%", 100.0 * v));
+    for row in utilisation(&cloud.warehouse, GroupBy::Alliance, DateRange::default(), t).await? {
+        println!(
+            "  {:<10} {:>10} {:>10} {:>9} {:>14} {:>12}",
+            row.group,
+            pct(&row.utilisation),
+            pct(&row.idle_rate),
+            pct(&row.booking_no_show_rate),
+            pct(&row.live_interruption_rate),
+            pct(&row.resource_sharing_rate)
+        );
+    }
+    let report = GapReport::build(cloud.warehouse.schools(), &[Scope::County, Scope::Alliance, Scope::Zone], t);
+    println!("\nLargest gaps (enrolment-weighted CV against its limit)");
+    for g in report.largest_gaps(6) {
+        println!(
+            "  {:<8} {:<10} {:<8} {:<32} cv {:.3} (limit {:.2}) {}",
+            g.scope.name(),
+            g.group,
+            g.level.as_str(),
+            g.indicator,
+            g.cv,
+            g.threshold,
+            if g.meets { "ok" } else { "OVER" }
+        );
+    }
+    for g in report.senior_title.iter().filter(|g| g.scope == Scope::Alliance) {
+        println!(
+            "  senior-title share {}: urban {:.0}% vs rural {:.0}% = {:.1} pp (limit {:.0})",
+            g.group,
+            100.0 * g.urban_share,
+            100.0 * g.rural_share,
+            g.gap_pp,
+            g.threshold_pp
+        );
+    }
+    if let Some(weak) = province.schools.iter().filter(|s| !s.strong).min_by(|a, b| a.vigour.total_cmp(&b.vigour)) {
+        let inputs = edubrain_cloud::analytics::recommend::load_inputs(&cloud.warehouse, DateRange::default()).await?;
+        println!("\nTop recommendations for {} ({}, {:?})", weak.id, weak.zone, weak.locale);
+        for r in edubrain_cloud::analytics::recommend::recommend(&inputs, &weak.id, &config.recommendation, 3) {
+            println!("  {:.3} {} ({} {}, from {}): {}", r.score, r.resource_id, r.kind, r.subject, r.owner_school, r.why);
+        }
+    }
+    Ok(())
+}

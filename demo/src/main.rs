@@ -1,0 +1,68 @@
+use std::path::PathBuf;
+
+use clap::Parser;
+use edubrain_agent::ProvinceSpec;
+use edubrain_demo::DemoConfig;
+use tokio_util::sync::CancellationToken;
+
+/// Runs the whole edubrain pipeline on this machine with a simulated province.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[arg(long, default_value_t = 2026)]
+    seed: u64,
+    #[arg(long, default_value_t = 2)]
+    cities: u32,
+    #[arg(long, default_value_t = 2)]
+    alliances_per_city: u32,
+    #[arg(long, default_value_t = 10)]
+    schools_per_alliance: u32,
+    #[arg(long, default_value_t = 10)]
+    classrooms_per_school: u32,
+    #[arg(long, default_value_t = 5)]
+    school_days: u32,
+    /// Wall-clock seconds the simulated school week takes.
+    #[arg(long, default_value_t = 75.0)]
+    wall_seconds: f64,
+    /// Working directory for brokers and the warehouse (cleared at start).
+    #[arg(long, default_value = ".demo")]
+    work_dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: String,
+    /// Stop after the summary instead of serving the API until Ctrl-C.
+    #[arg(long)]
+    exit: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let shutdown = CancellationToken::new();
+    let s = shutdown.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        s.cancel();
+    });
+    edubrain_demo::run(
+        DemoConfig {
+            province: ProvinceSpec {
+                seed: cli.seed,
+                cities: cli.cities,
+                alliances_per_city: cli.alliances_per_city,
+                schools_per_alliance: cli.schools_per_alliance,
+                classrooms_per_school: cli.classrooms_per_school,
+            },
+            school_days: cli.school_days,
+            wall_seconds: cli.wall_seconds,
+            work_dir: cli.work_dir,
+            cloud_http: cli.http,
+            serve: !cli.exit,
+        },
+        shutdown,
+    )
+    .await
+}

@@ -1,0 +1,117 @@
+//! The edge's pure core: what to do with one MQTT message. No I/O; the clock is passed in.
+
+use chrono::{DateTime, Utc};
+use edubrain_schemas::topics::TerminalTopic;
+use edubrain_schemas::{Event, SchemaError, ValidationPolicy, validate};
+
+use crate::dedup::DedupWindow;
+
+/// Why a message goes to the dead-letter topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub field: String,
+    /// Bounded rule name (a metric label).
+    pub rule: &'static str,
+    pub reason: String,
+}
+
+impl From<SchemaError> for Rejection {
+    fn from(e: SchemaError) -> Self {
+        Rejection { field: e.field().to_string(), rule: e.rule(), reason: e.to_string() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Valid and new: produce to the events topic, keyed by classroom.
+    Accept { event: Box<Event> },
+    /// Seen before (resend or redelivery): acknowledge, do not produce again.
+    Duplicate,
+    /// Produce the raw bytes to the dead-letter topic with the reason.
+    Reject(Rejection),
+}
+
+/// Decides the fate of one message received on `topic` by the edge of `city`.
+pub fn classify(
+    city: &str,
+    topic: &str,
+    payload: &[u8],
+    now: DateTime<Utc>,
+    policy: &ValidationPolicy,
+    dedup: &mut DedupWindow,
+) -> Outcome {
+    match check(city, topic, payload, now, policy) {
+        Ok(event) => {
+            if dedup.insert(event.header.event_id.as_u128()) {
+                Outcome::Accept { event: Box::new(event) }
+            } else {
+                Outcome::Duplicate
+            }
+        }
+        Err(r) => Outcome::Reject(r),
+    }
+}
+
+fn check(city: &str, topic: &str, payload: &[u8], now: DateTime<Utc>, policy: &ValidationPolicy) -> Result<Event, Rejection> {
+    let identity = TerminalTopic::parse(topic)?;
+    if identity.city != city {
+        return Err(Rejection {
+            field: "mqtt_topic".into(),
+            rule: "edge_city",
+            reason: format!("this edge serves city {city:?}, not {:?}", identity.city),
+        });
+    }
+    let event = Event::from_json(payload)?;
+    identity.check_matches(&event.header)?;
+    validate(&event, now, policy)?;
+    Ok(event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use edubrain_schemas::event::{BandwidthSampled, EventBody};
+    use edubrain_schemas::{Header, SCHEMA_VERSION};
+
+    fn event(city: &str) -> Event {
+        Event {
+            header: Header {
+                event_id: uuid::Uuid::from_u128(7),
+                schema_version: SCHEMA_VERSION,
+                city: city.into(),
+                school: "s1".into(),
+                classroom: "r1".into(),
+                terminal: "t1".into(),
+                event_time: Utc.with_ymd_and_hms(2026, 9, 7, 1, 0, 0).unwrap(),
+            },
+            body: EventBody::BandwidthSampled(BandwidthSampled { down_kbps: 1.0, up_kbps: 1.0 }),
+        }
+    }
+
+    fn run(city: &str, topic: &str, payload: &[u8], dedup: &mut DedupWindow) -> Outcome {
+        classify(city, topic, payload, Utc.with_ymd_and_hms(2026, 9, 7, 2, 0, 0).unwrap(), &ValidationPolicy::default(), dedup)
+    }
+
+    const TOPIC: &str = "edubrain/v1/c01/s1/r1/t1/events";
+
+    #[test]
+    fn accepts_once_then_reports_duplicates() {
+        let mut d = DedupWindow::new(10);
+        let e = event("c01");
+        assert!(matches!(run("c01", TOPIC, &e.to_json(), &mut d), Outcome::Accept { .. }));
+        assert_eq!(run("c01", TOPIC, &e.to_json(), &mut d), Outcome::Duplicate);
+    }
+
+    #[test]
+    fn refuses_other_cities_and_identity_mismatches() {
+        let mut d = DedupWindow::new(10);
+        let Outcome::Reject(r) = run("c02", TOPIC, &event("c01").to_json(), &mut d) else { panic!() };
+        assert_eq!(r.rule, "edge_city");
+        let Outcome::Reject(r) = run("c01", "edubrain/v1/c01/s1/r1/t9/events", &event("c01").to_json(), &mut d) else { panic!() };
+        assert_eq!((r.rule, r.field.as_str()), ("identity_matches_topic", "terminal"));
+        let Outcome::Reject(r) = run("c01", TOPIC, b"not json", &mut d) else { panic!() };
+        assert_eq!(r.rule, "json_syntax");
+        assert!(d.is_empty(), "rejected events never enter the dedup window");
+    }
+}

@@ -1,0 +1,152 @@
+//! Edge configuration: a TOML file (see `deploy/edge-*.toml`), then `EDUBRAIN_EDGE_*` env
+//! overrides. Unknown keys are errors, so a typo never silently falls back to a default.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::EdgeError;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// The one city this edge serves; events of any other city are refused.
+    pub city: String,
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    /// Address of `/metrics` and `/healthz`; port 0 picks a free port.
+    #[serde(default = "default_http_listen")]
+    pub http_listen: String,
+    /// How many recent event ids the dedup window remembers.
+    #[serde(default = "default_dedup_capacity")]
+    pub dedup_capacity: usize,
+    /// Device clocks further ahead than this are rejected.
+    #[serde(default = "default_max_clock_ahead_hours")]
+    pub max_clock_ahead_hours: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    pub host: String,
+    pub port: u16,
+    /// Stable, so the broker keeps the edge's session (and queues QoS 1 events) across restarts.
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Largest packet accepted. Deliberately small: an event is a few hundred bytes, and the
+    /// broker's `message_size_limit` (deploy/mosquitto) refuses larger ones before they get here.
+    pub max_packet_bytes: usize,
+    pub keepalive_secs: u64,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 1883,
+            client_id: None,
+            username: None,
+            password: None,
+            max_packet_bytes: 256 * 1024,
+            keepalive_secs: 15,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub events_topic: String,
+    pub deadletter_topic: String,
+    /// Used when the edge creates the topics at start-up.
+    pub partitions: i32,
+    pub replication: i32,
+    /// Extra librdkafka producer properties (e.g. `linger.ms`); cannot weaken `acks` or
+    /// idempotence, which the edge always sets.
+    pub producer: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            events_topic: edubrain_schemas::topics::KAFKA_EVENTS_TOPIC.into(),
+            deadletter_topic: edubrain_schemas::topics::KAFKA_DEADLETTER_TOPIC.into(),
+            partitions: 6,
+            replication: 1,
+            producer: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_http_listen() -> String {
+    "127.0.0.1:9101".into()
+}
+fn default_dedup_capacity() -> usize {
+    1_000_000
+}
+fn default_max_clock_ahead_hours() -> i64 {
+    24
+}
+
+impl EdgeConfig {
+    /// A config for `city` with every other setting at its default.
+    pub fn for_city(city: &str) -> Self {
+        toml::from_str(&format!("city = {city:?}")).expect("defaults are valid")
+    }
+
+    /// Reads a TOML file, then applies env overrides.
+    pub fn load(path: &Path) -> Result<Self, EdgeError> {
+        let text = std::fs::read_to_string(path).map_err(|e| EdgeError::Config(format!("{}: {e}", path.display())))?;
+        let mut config: EdgeConfig = toml::from_str(&text).map_err(|e| EdgeError::Config(format!("{}: {e}", path.display())))?;
+        config.apply_env(|k| std::env::var(k).ok())?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Overrides from `EDUBRAIN_EDGE_CITY`, `_MQTT_HOST`, `_MQTT_PORT`, `_KAFKA_BROKERS`, `_HTTP_LISTEN`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), EdgeError> {
+        if let Some(v) = get("EDUBRAIN_EDGE_CITY") {
+            self.city = v;
+        }
+        if let Some(v) = get("EDUBRAIN_EDGE_MQTT_HOST") {
+            self.mqtt.host = v;
+        }
+        if let Some(v) = get("EDUBRAIN_EDGE_MQTT_PORT") {
+            self.mqtt.port = v.parse().map_err(|_| EdgeError::Config(format!("EDUBRAIN_EDGE_MQTT_PORT={v:?} is not a port")))?;
+        }
+        if let Some(v) = get("EDUBRAIN_EDGE_KAFKA_BROKERS") {
+            self.kafka.brokers = v;
+        }
+        if let Some(v) = get("EDUBRAIN_EDGE_HTTP_LISTEN") {
+            self.http_listen = v;
+        }
+        if let Some(v) = get("EDUBRAIN_EDGE_MQTT_PASSWORD_FILE") {
+            let pw = std::fs::read_to_string(&v).map_err(|e| EdgeError::Config(format!("EDUBRAIN_EDGE_MQTT_PASSWORD_FILE {v}: {e}")))?;
+            self.mqtt.password = Some(pw.trim_end().to_string());
+        }
+        Ok(())
+    }
+
+    pub fn check(&self) -> Result<(), EdgeError> {
+        edubrain_schemas::validate::check_id("city", &self.city).map_err(|e| EdgeError::Config(e.to_string()))?;
+        for key in ["acks", "enable.idempotence", "bootstrap.servers"] {
+            if self.kafka.producer.contains_key(key) {
+                return Err(EdgeError::Config(format!("kafka.producer.{key} is set by the edge itself and cannot be overridden")));
+            }
+        }
+        if self.mqtt.max_packet_bytes < 1024 {
+            return Err(EdgeError::Config(format!("mqtt.max_packet_bytes = {} is too small for one event", self.mqtt.max_packet_bytes)));
+        }
+        Ok(())
+    }
+
+    pub fn client_id(&self) -> String {
+        self.mqtt.client_id.clone().unwrap_or_else(|| format!("edubrain-edge-{}", self.city))
+    }
+}

@@ -1,0 +1,76 @@
+//! Prometheus metrics of the edge. Names follow `edubrain_edge_<subsystem>_<what>_<unit>`;
+//! labels are bounded (event type, rejection rule, topic), never terminal or student ids.
+
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+#[derive(Clone)]
+pub struct EdgeMetrics {
+    registry: Registry,
+    pub messages_received: IntCounter,
+    pub received_bytes: IntCounter,
+    pub events_accepted: IntCounterVec,
+    pub events_rejected: IntCounterVec,
+    pub events_duplicate: IntCounter,
+    pub kafka_delivered: IntCounterVec,
+    pub kafka_delivery_errors: IntCounter,
+    pub inflight_events: IntGauge,
+    pub mqtt_connected: IntGauge,
+    pub mqtt_connection_errors: IntCounter,
+    pub delivery_latency: Histogram,
+}
+
+impl EdgeMetrics {
+    pub fn new(city: &str) -> Self {
+        // The city is a constant label: one edge serves one city, so the label set stays bounded.
+        let registry = Registry::new_custom(Some("edubrain_edge".into()), Some([("city".to_string(), city.to_string())].into()))
+            .expect("valid registry");
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let delivery_latency = Histogram::with_opts(
+            HistogramOpts::new("kafka_delivery_latency_seconds", "Time from MQTT receipt to Kafka delivery report (acks=all)")
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+        )
+        .expect("valid metric");
+        registry.register(Box::new(delivery_latency.clone())).expect("unique metric");
+        Self {
+            messages_received: counter("mqtt_messages_received_total", "MQTT messages received from terminals"),
+            received_bytes: counter("mqtt_received_bytes_total", "Payload bytes received from terminals"),
+            events_accepted: counter_vec("events_accepted_total", "Valid, new events produced to Kafka", &["event_type"]),
+            events_rejected: counter_vec("events_rejected_total", "Events sent to the dead-letter topic, by rule", &["rule"]),
+            events_duplicate: counter("events_duplicate_total", "Resent or redelivered events dropped by the dedup window"),
+            kafka_delivered: counter_vec("kafka_delivered_total", "Records confirmed by Kafka (acks=all)", &["topic"]),
+            kafka_delivery_errors: counter("kafka_delivery_errors_total", "Failed deliveries (retried until they succeed)"),
+            inflight_events: gauge("inflight_events", "Events received but not yet confirmed by Kafka (not yet acked to MQTT)"),
+            mqtt_connected: gauge("mqtt_connected", "1 while the edge's MQTT session is up"),
+            mqtt_connection_errors: counter("mqtt_connection_errors_total", "MQTT connection errors (each followed by a reconnect)"),
+            delivery_latency,
+            registry,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("exposition is UTF-8")
+    }
+}
+
+/// The sum of a counter vector over all its label values.
+pub fn total(c: &IntCounterVec) -> u64 {
+    use prometheus::core::Collector;
+    c.collect().iter().flat_map(|f| f.get_metric().iter().map(|m| m.get_counter().get_value() as u64)).sum()
+}

@@ -1,0 +1,63 @@
+//! The edubrain event contract, shared by terminals, edges and the cloud.
+//!
+//! - [`event`]: the versioned envelope and typed payloads; JSON wire decode/encode.
+//! - [`validate`]: rules beyond decoding (ids, plausible clocks, ranges, pseudonymised students).
+//! - [`topics`]: MQTT topic scheme and Kafka topic names.
+//! - [`registry`]: the school registry (master data) CSV.
+//! - [`warehouse`]: Arrow schemas of the warehouse tables.
+//! - [`pseudonym`]: per-alliance HMAC pseudonyms of student ids.
+//! - [`json_schema`]: JSON Schema documents generated from the Rust types (committed in `json/`).
+//!
+//! Pure: no I/O beyond reading and writing what the caller hands in; time is passed in.
+
+pub mod event;
+pub mod json_schema;
+pub mod pseudonym;
+pub mod registry;
+pub mod topics;
+pub mod validate;
+pub mod warehouse;
+
+pub use event::{Event, EventBody, EventType, Header, SCHEMA_VERSION};
+pub use registry::{Level, Locale, School};
+pub use validate::{ValidationPolicy, validate};
+
+/// Everything that can be wrong with an event or a registry.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    /// The bytes are not a well-formed event of this contract.
+    #[error("{field}: {message} (rule: {rule})")]
+    Decode { field: String, rule: &'static str, message: String },
+    /// The event decodes but breaks a rule.
+    #[error("{field}: {message} (rule: {rule})")]
+    Invalid { field: String, rule: &'static str, message: String },
+    /// A registry row (line 1 is the header) has a bad value.
+    #[error("registry line {line}, column {column}: {message} (value {value:?})")]
+    Registry { line: u64, column: String, value: String, message: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl SchemaError {
+    /// The field an event error is about (`payload.rating`, `event_time`, …).
+    pub fn field(&self) -> &str {
+        match self {
+            SchemaError::Decode { field, .. } | SchemaError::Invalid { field, .. } => field,
+            SchemaError::Registry { column, .. } => column,
+            SchemaError::Io { .. } => "$",
+        }
+    }
+
+    /// A short, bounded rule name, fit for a metric label.
+    pub fn rule(&self) -> &'static str {
+        match self {
+            SchemaError::Decode { rule, .. } | SchemaError::Invalid { rule, .. } => rule,
+            SchemaError::Registry { .. } => "registry",
+            SchemaError::Io { .. } => "io",
+        }
+    }
+}

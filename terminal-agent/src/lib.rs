@@ -1,0 +1,181 @@
+//! edubrain terminal agent: the classroom side of the pipeline.
+//!
+//! - [`province`]: builds a realistic province (registry, classrooms, teachers, resources) from a seed.
+//! - [`simulate`]: pure simulation of a school week's events, time and seed passed in.
+//! - [`publisher`]: publishes a terminal's events over MQTT QoS 1, paced to simulated time.
+//! - [`run`]: simulate a province and publish every terminal's events (the `simulate` command).
+
+pub mod province;
+pub mod publisher;
+pub mod simulate;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::{NaiveDate, TimeZone, Utc};
+use edubrain_schemas::Event;
+use edubrain_schemas::topics::TerminalTopic;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+pub use province::{Province, ProvinceSpec};
+pub use publisher::{MqttTarget, Pacing, PublishProgress};
+pub use simulate::SimulationSpec;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("MQTT: {0}")]
+    Mqtt(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("registry: {0}")]
+    Registry(#[from] edubrain_schemas::SchemaError),
+    #[error("config {path}: {message}")]
+    Config { path: String, message: String },
+}
+
+/// Configuration of a simulation run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimulatorConfig {
+    pub mqtt: MqttTarget,
+    pub province: ProvinceSpec,
+    /// First simulated school day; default: the Monday of last week.
+    pub first_day: Option<NaiveDate>,
+    pub school_days: u32,
+    pub heartbeat_minutes: u32,
+    /// Simulated seconds per wall second (0 = as fast as possible).
+    pub speed: f64,
+    /// Where to write the registry CSV the simulation used.
+    pub registry_out: Option<PathBuf>,
+}
+
+impl Default for SimulatorConfig {
+    fn default() -> Self {
+        Self {
+            mqtt: MqttTarget { host: "127.0.0.1".into(), port: 1883 },
+            province: ProvinceSpec::default(),
+            first_day: None,
+            school_days: 5,
+            heartbeat_minutes: 15,
+            speed: 0.0,
+            registry_out: None,
+        }
+    }
+}
+
+impl SimulatorConfig {
+    pub fn simulation_spec(&self, today: NaiveDate) -> SimulationSpec {
+        SimulationSpec {
+            first_day: self.first_day.unwrap_or_else(|| simulate::last_school_week(today)),
+            school_days: self.school_days,
+            heartbeat_minutes: self.heartbeat_minutes,
+            seed: self.province.seed,
+        }
+    }
+}
+
+/// Events grouped per terminal, each group in time order.
+pub fn by_terminal(events: Vec<Event>) -> BTreeMap<String, (TerminalTopic, Vec<Event>)> {
+    let mut out: BTreeMap<String, (TerminalTopic, Vec<Event>)> = BTreeMap::new();
+    for e in events {
+        out.entry(e.header.terminal.clone()).or_insert_with(|| (TerminalTopic::from_header(&e.header), Vec::new())).1.push(e);
+    }
+    out
+}
+
+/// What a run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunSummary {
+    pub terminals: usize,
+    pub created: u64,
+    pub acked: u64,
+}
+
+/// Publishes `events` from one MQTT connection per terminal, concurrently.
+pub async fn publish_all(
+    target: &MqttTarget,
+    events: Vec<Event>,
+    pacing: Pacing,
+    progress: Arc<PublishProgress>,
+    shutdown: CancellationToken,
+) -> Result<RunSummary, AgentError> {
+    let created = events.len() as u64;
+    let groups = by_terminal(events);
+    let terminals = groups.len();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (_, (topic, evs)) in groups {
+        let target = target.clone();
+        let progress = progress.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move { publisher::publish_terminal(&target, &topic, &evs, pacing, progress, shutdown).await });
+    }
+    let mut acked = 0;
+    while let Some(res) = tasks.join_next().await {
+        acked += res.map_err(|e| AgentError::Mqtt(format!("terminal task: {e}")))??;
+    }
+    Ok(RunSummary { terminals, created, acked })
+}
+
+/// Builds the province, writes its registry, simulates and publishes.
+pub async fn run(config: SimulatorConfig, progress: Arc<PublishProgress>, shutdown: CancellationToken) -> Result<RunSummary, AgentError> {
+    let province = province::build(&config.province);
+    if let Some(path) = &config.registry_out {
+        write_registry(&province, path)?;
+    }
+    let spec = config.simulation_spec(Utc::now().date_naive());
+    let events = simulate::simulate(&province, &spec);
+    let sim_start = simulate::local_offset()
+        .from_local_datetime(&spec.first_day.and_hms_opt(7, 30, 0).expect("valid"))
+        .single()
+        .expect("fixed offset")
+        .with_timezone(&Utc);
+    let speed = if config.speed <= 0.0 { f64::INFINITY } else { config.speed };
+    let pacing = Pacing { sim_start, wall_start: tokio::time::Instant::now(), speed };
+    publish_all(&config.mqtt, events, pacing, progress, shutdown).await
+}
+
+/// Writes the province's registry CSV (creating parent directories).
+pub fn write_registry(province: &Province, path: &std::path::Path) -> Result<(), AgentError> {
+    let io = |e: std::io::Error| AgentError::Io { path: path.display().to_string(), source: e };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let file = std::fs::File::create(path).map_err(io)?;
+    edubrain_schemas::registry::write_csv(&province.registry, std::io::BufWriter::new(file))?;
+    Ok(())
+}
+
+/// Loads a simulator config: TOML file (if any), then `EDUBRAIN_AGENT_MQTT_HOST/PORT` overrides.
+pub fn load_config(path: Option<&std::path::Path>) -> Result<SimulatorConfig, AgentError> {
+    let mut config: SimulatorConfig = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| AgentError::Io { path: p.display().to_string(), source: e })?;
+            toml_from_str(&text).map_err(|message| AgentError::Config { path: p.display().to_string(), message })?
+        }
+        None => SimulatorConfig::default(),
+    };
+    if let Ok(h) = std::env::var("EDUBRAIN_AGENT_MQTT_HOST") {
+        config.mqtt.host = h;
+    }
+    if let Ok(p) = std::env::var("EDUBRAIN_AGENT_MQTT_PORT") {
+        config.mqtt.port = p
+            .parse()
+            .map_err(|_| AgentError::Config { path: "EDUBRAIN_AGENT_MQTT_PORT".into(), message: format!("{p:?} is not a port") })?;
+    }
+    Ok(config)
+}
+
+fn toml_from_str<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    toml::from_str(text).map_err(|e| e.to_string())
+}
+
+/// UTC instant of a local (UTC+8) school-day time; used by tests and the demo.
+pub fn local_time(day: NaiveDate, h: u32, m: u32) -> chrono::DateTime<Utc> {
+    simulate::local_offset().from_local_datetime(&day.and_hms_opt(h, m, 0).expect("valid")).single().expect("fixed").with_timezone(&Utc)
+}
