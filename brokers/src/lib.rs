@@ -84,7 +84,9 @@ impl Mosquitto {
             .map_err(|e| BrokerError::Spawn { what: "mosquitto", source: e })?;
         let conf = dir.join("mosquitto.conf");
         let mut f = std::fs::File::create(&conf).map_err(|e| BrokerError::Spawn { what: "mosquitto", source: e })?;
-        writeln!(f, "{base}\nlistener {port} 127.0.0.1\npersistence_location {}/\nlog_dest stderr\n", dir.display())
+        // `user root`: started as root, Mosquitto would otherwise switch to its own user and could
+        // not write its persistence file here (no effect when not started as root).
+        writeln!(f, "{base}\nuser root\nlistener {port} 127.0.0.1\npersistence_location {}/\nlog_dest stderr\n", dir.display())
             .map_err(|e| BrokerError::Spawn { what: "mosquitto", source: e })?;
         let log = dir.join("mosquitto.log");
         let mut child = Command::new(bin)
@@ -143,7 +145,8 @@ impl Tansu {
         let url = format!("tcp://127.0.0.1:{port}");
         let engine = match storage {
             Storage::Memory => "memory://tansu/".to_string(),
-            Storage::Sqlite => format!("sqlite://{}/tansu.db", dir.display()),
+            // Relative to the broker's working directory (an absolute path is not accepted as one).
+            Storage::Sqlite => "sqlite://tansu.db".to_string(),
         };
         let log = std::fs::OpenOptions::new()
             .create(true)

@@ -97,6 +97,8 @@ pub struct Thresholds {
     pub senior_title_gap_pp: f64,
     /// Timetable hours per school day (8 periods of 45 minutes).
     pub timetable_hours_per_day: f64,
+    /// Timetable periods per school day (idle rate counts periods without equipment use).
+    pub timetable_periods_per_day: f64,
     /// Province time zone offset from UTC in hours (local school days).
     pub utc_offset_hours: i32,
 }
@@ -115,6 +117,7 @@ impl Default for Thresholds {
             funding_cv_alliance: 0.15,
             senior_title_gap_pp: 8.0,
             timetable_hours_per_day: 6.0,
+            timetable_periods_per_day: 8.0,
             utc_offset_hours: 8,
         }
     }

@@ -3,15 +3,17 @@
 //! records go to the `quarantine` table with topic, partition, offset and reason, and the
 //! consumer moves on.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset, TimeZone, Utc};
 use datafusion::arrow::array::{ArrayRef, Int32Array, Int64Array, StringArray, TimestampMillisecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
+use edubrain_schemas::dedup::DedupWindow;
 use edubrain_schemas::{Event, ValidationPolicy, validate};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
@@ -41,28 +43,6 @@ struct Quarantined {
     rule: &'static str,
     reason: String,
     raw: String,
-}
-
-/// Bounded memory of recent event ids (redeliveries from an edge restart).
-struct SeenIds {
-    set: HashSet<u128>,
-    order: VecDeque<u128>,
-    cap: usize,
-}
-
-impl SeenIds {
-    fn insert(&mut self, id: u128) -> bool {
-        if !self.set.insert(id) {
-            return false;
-        }
-        self.order.push_back(id);
-        if self.order.len() > self.cap
-            && let Some(old) = self.order.pop_front()
-        {
-            self.set.remove(&old);
-        }
-        true
-    }
 }
 
 fn consumer(config: &CloudConfig) -> Result<StreamConsumer, CloudError> {
@@ -105,7 +85,7 @@ pub async fn run(
     progress: watch::Sender<IngestProgress>,
     shutdown: CancellationToken,
 ) -> Result<(), CloudError> {
-    let consumer = consumer(&config)?;
+    let consumer = Arc::new(consumer(&config)?);
     let topic = config.kafka.events_topic.clone();
     let parts = partitions(&consumer, &topic, &shutdown).await?;
     let mut tpl = TopicPartitionList::new();
@@ -115,32 +95,41 @@ pub async fn run(
     }
     consumer.assign(&tpl).map_err(|e| CloudError::Kafka(format!("assign {topic}: {e}")))?;
     tracing::info!(%topic, partitions = parts.len(), "cloud ingest consuming");
+    let committed: Arc<Mutex<BTreeMap<i32, i64>>> = Arc::default();
+    if let Ok(c) = consumer.committed(Duration::from_secs(10)) {
+        let mut map = committed.lock().expect("lag lock");
+        for e in c.elements_for_topic(&topic) {
+            if let Offset::Offset(o) = e.offset() {
+                map.insert(e.partition(), o);
+            }
+        }
+    }
+    let lag = Arc::new(AtomicI64::new(0));
+    spawn_lag_probe(consumer.clone(), topic.clone(), parts.clone(), committed.clone(), lag.clone(), shutdown.clone());
 
     let offset = FixedOffset::east_opt(config.thresholds.utc_offset_hours * 3600)
         .ok_or_else(|| CloudError::Config("utc_offset_hours out of range".into()))?;
     let policy = ValidationPolicy { max_clock_ahead: chrono::Duration::hours(24), ..ValidationPolicy::default() };
-    let mut seen = SeenIds { set: HashSet::new(), order: VecDeque::new(), cap: config.ingest.dedup_capacity };
+    let mut seen = DedupWindow::new(config.ingest.dedup_capacity);
     let mut buffer: Vec<StoredEvent> = Vec::new();
     let mut poison: Vec<Quarantined> = Vec::new();
     let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
     let mut first_buffered: Option<tokio::time::Instant> = None;
     let interval = Duration::from_millis(config.ingest.flush_interval_ms);
     let mut state = IngestProgress::default();
-    let mut lag_check = tokio::time::interval(Duration::from_secs(2));
+    let mut report = tokio::time::interval(Duration::from_millis(500));
 
     loop {
         let deadline = first_buffered.map(|t| t + interval);
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
-                flush(&consumer, &root, &topic, offset, &mut buffer, &mut poison, &mut next_offsets, &metrics, &mut state)?;
+                flush(&consumer, &root, &topic, offset, &mut buffer, &mut poison, &mut next_offsets, &committed, &metrics, &mut state)?;
                 first_buffered = None;
-                state.lag = lag(&consumer, &topic, &parts);
-                metrics.consumer_lag.set(state.lag);
                 let _ = progress.send(state);
             }
-            _ = lag_check.tick(), if first_buffered.is_none() => {
-                state.lag = lag(&consumer, &topic, &parts);
+            _ = report.tick() => {
+                state.lag = lag.load(Ordering::Relaxed);
                 metrics.consumer_lag.set(state.lag);
                 let _ = progress.send(state);
             }
@@ -181,14 +170,14 @@ pub async fn run(
                     first_buffered = Some(tokio::time::Instant::now());
                 }
                 if buffer.len() >= config.ingest.flush_max_events {
-                    flush(&consumer, &root, &topic, offset, &mut buffer, &mut poison, &mut next_offsets, &metrics, &mut state)?;
+                    flush(&consumer, &root, &topic, offset, &mut buffer, &mut poison, &mut next_offsets, &committed, &metrics, &mut state)?;
                     first_buffered = None;
                     let _ = progress.send(state);
                 }
             }
         }
     }
-    flush(&consumer, &root, &topic, offset, &mut buffer, &mut poison, &mut next_offsets, &metrics, &mut state)?;
+    flush(&consumer, &root, &topic, offset, &mut buffer, &mut poison, &mut next_offsets, &committed, &metrics, &mut state)?;
     let _ = progress.send(state);
     Ok(())
 }
@@ -200,22 +189,35 @@ fn received_time(msg: &rdkafka::message::BorrowedMessage<'_>) -> Option<DateTime
     Utc.timestamp_millis_opt(ms).single()
 }
 
-fn lag(consumer: &StreamConsumer, topic: &str, parts: &[i32]) -> i64 {
-    let committed = consumer.committed(Duration::from_secs(2)).ok();
-    let mut total = 0;
-    for p in parts {
-        let Ok((low, high)) = consumer.fetch_watermarks(topic, *p, Duration::from_secs(2)) else { continue };
-        let done = committed
-            .as_ref()
-            .and_then(|c| c.find_partition(topic, *p))
-            .and_then(|e| match e.offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            })
-            .unwrap_or(low);
-        total += (high - done).max(0);
-    }
-    total
+/// Measures consumer lag (high watermark minus committed offset, summed over partitions) on a
+/// thread of its own every 2 seconds: the broker round trips never delay consuming.
+fn spawn_lag_probe(
+    consumer: Arc<StreamConsumer>,
+    topic: String,
+    parts: Vec<i32>,
+    committed: Arc<Mutex<BTreeMap<i32, i64>>>,
+    lag: Arc<AtomicI64>,
+    shutdown: CancellationToken,
+) {
+    std::thread::spawn(move || {
+        while !shutdown.is_cancelled() {
+            let mut total = 0;
+            let mut known = true;
+            for p in &parts {
+                match consumer.fetch_watermarks(&topic, *p, Duration::from_secs(5)) {
+                    Ok((low, high)) => {
+                        let done = committed.lock().expect("lag lock").get(p).copied().unwrap_or(low);
+                        total += (high - done).max(0);
+                    }
+                    Err(_) => known = false,
+                }
+            }
+            if known {
+                lag.store(total, Ordering::Relaxed);
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    });
 }
 
 /// 64-bit FNV-1a: a stable file name from the offsets a flush covers.
@@ -232,6 +234,7 @@ fn flush(
     buffer: &mut Vec<StoredEvent>,
     poison: &mut Vec<Quarantined>,
     next_offsets: &mut BTreeMap<i32, i64>,
+    committed: &Mutex<BTreeMap<i32, i64>>,
     metrics: &CloudMetrics,
     state: &mut IngestProgress,
 ) -> Result<(), CloudError> {
@@ -263,6 +266,7 @@ fn flush(
         tpl.add_partition_offset(topic, *p, Offset::Offset(*o)).map_err(|e| CloudError::Kafka(e.to_string()))?;
     }
     consumer.commit(&tpl, CommitMode::Sync).map_err(|e| CloudError::Kafka(format!("commit {tpl:?}: {e}")))?;
+    committed.lock().expect("lag lock").extend(next_offsets.iter().map(|(p, o)| (*p, *o)));
     next_offsets.clear();
     let now = Utc::now();
     for r in received {

@@ -60,13 +60,13 @@ pub struct RunningCloud {
     pub warehouse: Warehouse,
     pub metrics: CloudMetrics,
     pub progress: watch::Receiver<IngestProgress>,
-    task: tokio::task::JoinHandle<Result<(), CloudError>>,
+    ingest: tokio::sync::oneshot::Receiver<Result<(), CloudError>>,
 }
 
 impl RunningCloud {
     /// Waits for ingest to stop (after `shutdown`), flushing what it holds.
     pub async fn wait(self) -> Result<(), CloudError> {
-        self.task.await.map_err(|e| CloudError::Query(format!("ingest task panicked: {e}")))?
+        self.ingest.await.map_err(|_| CloudError::Query("ingest thread panicked".into()))?
     }
 }
 
@@ -97,8 +97,23 @@ pub async fn start(config: CloudConfig, shutdown: CancellationToken) -> Result<R
         }
     });
     tracing::info!(%http_addr, warehouse = %config.warehouse_dir.display(), schools = warehouse.schools().len(), "cloud started");
-    let task = tokio::spawn(ingest::run(config.clone(), config.warehouse_dir.clone(), metrics.clone(), tx, shutdown));
-    Ok(RunningCloud { http_addr, warehouse, metrics, progress: rx, task })
+    // Ingest makes blocking librdkafka calls (synchronous commits, watermarks) and writes files;
+    // it gets its own thread and runtime so it can never starve the API or anything else
+    // sharing the caller's runtime.
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let ingest_metrics = metrics.clone();
+    std::thread::Builder::new()
+        .name("edubrain-ingest".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| CloudError::Io { path: "ingest runtime".into(), source: e })
+                .and_then(|rt| rt.block_on(ingest::run(config.clone(), config.warehouse_dir.clone(), ingest_metrics, tx, shutdown)));
+            let _ = done_tx.send(result);
+        })
+        .map_err(|e| CloudError::Io { path: "ingest thread".into(), source: e })?;
+    Ok(RunningCloud { http_addr, warehouse, metrics, progress: rx, ingest: done_rx })
 }
 
 /// Runs until `shutdown` is cancelled.

@@ -26,6 +26,8 @@ pub struct DemoConfig {
     pub wall_seconds: f64,
     pub work_dir: PathBuf,
     pub cloud_http: String,
+    /// Tansu's storage engine: durable sqlite or fast memory.
+    pub kafka_storage: Storage,
     /// Keep serving the API after the summary until Ctrl-C.
     pub serve: bool,
 }
@@ -40,9 +42,9 @@ pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> anyhow::Res
         std::fs::create_dir_all(&config.work_dir)?;
         &config.work_dir
     })?;
-    println!("==> starting brokers (Mosquitto, Tansu with sqlite storage) under {}", dir.display());
+    println!("==> starting brokers (Mosquitto, Tansu with {:?} storage) under {}", config.kafka_storage, dir.display());
     let mosquitto = Mosquitto::start(&dir.join("mosquitto"))?;
-    let tansu = Tansu::start(&dir.join("tansu"), Storage::Sqlite)?;
+    let tansu = Tansu::start(&dir.join("tansu"), config.kafka_storage)?;
     println!("    mqtt://127.0.0.1:{}   kafka 127.0.0.1:{}", mosquitto.port, tansu.port);
 
     let province = province::build(&config.province);

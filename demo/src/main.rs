@@ -29,6 +29,11 @@ struct Cli {
     work_dir: PathBuf,
     #[arg(long, default_value = "127.0.0.1:8080")]
     http: String,
+    /// Kafka (Tansu) storage. memory: fast, lost when the broker stops. sqlite: survives a
+    /// broker crash, but on 2 cores Tansu's sqlite engine saturates a core at a few thousand
+    /// records/s and the demo's consumer falls behind (fetch requests time out).
+    #[arg(long, default_value = "memory", value_parser = ["sqlite", "memory"])]
+    kafka_storage: String,
     /// Stop after the summary instead of serving the API until Ctrl-C.
     #[arg(long)]
     exit: bool,
@@ -60,6 +65,11 @@ async fn main() -> anyhow::Result<()> {
             wall_seconds: cli.wall_seconds,
             work_dir: cli.work_dir,
             cloud_http: cli.http,
+            kafka_storage: if cli.kafka_storage == "memory" {
+                edubrain_brokers::Storage::Memory
+            } else {
+                edubrain_brokers::Storage::Sqlite
+            },
             serve: !cli.exit,
         },
         shutdown,

@@ -261,14 +261,15 @@ async fn every_event_reaches_the_warehouse_exactly_once_and_analytics_match_hand
     );
     assert!(dlq.iter().any(|(raw, _)| raw == b"{\"event_id\": \"not-a-uuid\""), "the raw bytes are kept as received");
 
-    // Utilisation (timetable 6 h/day). A: (3 + 3) h in use over (2 + 1) room-days = 6/18;
-    // idle: 2 of 3 room-days used → 1/3. B: 0.6/6 = 0.1, idle 0. Alliance: 6.6/24 = 0.275.
+    // Utilisation (timetable 6 h and 8 periods a day). A: (3 + 3) h in use over (2 + 1)
+    // room-days = 6/18; idle: 3 sessions in 24 periods → 1 − 3/24 = 0.875. B: 0.6/6 = 0.1,
+    // idle 1 − 1/8 = 0.875. Alliance: 6.6/24 = 0.275.
     let t = &cloud_config.thresholds;
     let by_school = utilisation(wh, GroupBy::School, DateRange::default(), t).await.unwrap();
     let a = by_school.iter().find(|r| r.group == "c01-sa").unwrap();
     let b = by_school.iter().find(|r| r.group == "c01-sb").unwrap();
-    assert!(close(a.utilisation.value, 1.0 / 3.0) && close(a.idle_rate.value, 1.0 / 3.0), "{a:?}");
-    assert!(close(b.utilisation.value, 0.1) && close(b.idle_rate.value, 0.0), "{b:?}");
+    assert!(close(a.utilisation.value, 1.0 / 3.0) && close(a.idle_rate.value, 0.875), "{a:?}");
+    assert!(close(b.utilisation.value, 0.1) && close(b.idle_rate.value, 0.875), "{b:?}");
     assert!(close(a.booking_no_show_rate.value, 0.25), "{a:?}");
     assert!(close(a.live_interruption_rate.value, 0.5), "{a:?}");
     assert!(close(a.resource_sharing_rate.value, 1.0 / 3.0), "r1 of r1..r3 was used by another school: {a:?}");

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use edubrain_schemas::topics::TerminalTopic;
 use edubrain_schemas::{Event, SchemaError, ValidationPolicy, validate};
 
-use crate::dedup::DedupWindow;
+use edubrain_schemas::dedup::DedupWindow;
 
 /// Why a message goes to the dead-letter topic.
 #[derive(Debug, Clone, PartialEq)]

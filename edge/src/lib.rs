@@ -3,7 +3,6 @@
 //!
 //! - [`config`]: TOML + env configuration.
 //! - [`classify`]: the pure core: accept / duplicate / reject (with field and rule) per message.
-//! - [`dedup`]: bounded window of recent event ids.
 //! - [`kafka`]: topic creation and the idempotent `acks=all` producer.
 //! - [`metrics`]: Prometheus metrics; [`http`]: `/metrics` and `/healthz`.
 //! - [`start`] / [`run`]: wire it together.
@@ -16,7 +15,6 @@
 
 pub mod classify;
 pub mod config;
-pub mod dedup;
 pub mod http;
 pub mod kafka;
 pub mod metrics;
@@ -28,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use edubrain_schemas::ValidationPolicy;
+use edubrain_schemas::dedup::DedupWindow;
 use edubrain_schemas::topics::city_subscription;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
@@ -119,7 +118,7 @@ async fn pump(config: EdgeConfig, producer: FutureProducer, metrics: EdgeMetrics
         tokio::spawn(poll_mqtt(eventloop, client.clone(), city_subscription(&config.city), tx, metrics.clone(), loop_stop.clone()));
 
     let policy = ValidationPolicy { max_clock_ahead: chrono::Duration::hours(config.max_clock_ahead_hours), ..ValidationPolicy::default() };
-    let mut dedup = dedup::DedupWindow::new(config.dedup_capacity);
+    let mut dedup = DedupWindow::new(config.dedup_capacity);
     let mut inflight: FuturesOrdered<Pending> = FuturesOrdered::new();
     let mut stopping = false;
     loop {
@@ -207,7 +206,7 @@ async fn handle(
     producer: &FutureProducer,
     metrics: &EdgeMetrics,
     policy: &ValidationPolicy,
-    dedup: &mut dedup::DedupWindow,
+    dedup: &mut DedupWindow,
     publish: Publish,
 ) -> Pending {
     metrics.messages_received.inc();

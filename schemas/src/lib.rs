@@ -1,5 +1,6 @@
 //! The edubrain event contract, shared by terminals, edges and the cloud.
 //!
+//! - [`dedup`]: bounded window of recently seen event ids.
 //! - [`event`]: the versioned envelope and typed payloads; JSON wire decode/encode.
 //! - [`validate`]: rules beyond decoding (ids, plausible clocks, ranges, pseudonymised students).
 //! - [`topics`]: MQTT topic scheme and Kafka topic names.
@@ -10,6 +11,7 @@
 //!
 //! Pure: no I/O beyond reading and writing what the caller hands in; time is passed in.
 
+pub mod dedup;
 pub mod event;
 pub mod json_schema;
 pub mod pseudonym;

@@ -89,7 +89,7 @@ pub fn simulate(province: &Province, spec: &SimulationSpec) -> Vec<Event> {
         day = day.succ_opt().expect("date in range");
     }
     let mut events = sim.events;
-    events.sort_by(|a, b| a.header.event_time.cmp(&b.header.event_time));
+    events.sort_by_key(|e| e.header.event_time);
     events
 }
 
@@ -279,7 +279,7 @@ fn dual_teacher(sim: &mut Sim<'_>, school: &SimSchool, day: NaiveDate) {
     if receivers.is_empty() {
         return;
     }
-    for p in [1usize, 5] {
+    for p in [1usize, 3, 5, 6] {
         let (h, m) = PERIODS[p];
         let start = at(day, h, m);
         let n = sim.rng.random_range(2..=3.min(receivers.len()).max(2)).min(receivers.len());

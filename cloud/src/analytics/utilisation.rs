@@ -3,7 +3,8 @@
 //! Definitions (each classroom terminal stands for the equipment of its room):
 //! - utilisation = equipment in-use hours / timetable hours, where timetable hours = school days
 //!   the room's terminal was on (heartbeats) × `timetable_hours_per_day`;
-//! - idle rate = share of room-days on which the equipment was not used at all;
+//! - idle rate = share of timetable periods without an equipment session: 1 − sessions /
+//!   (school days × `timetable_periods_per_day`), floored at 0;
 //! - booking no-show rate = no-shows / (check-ins + no-shows), by the facility's school;
 //! - live interruption rate = streams with at least one interruption / streams started;
 //! - resource sharing rate = share of a group's resources used (viewed or downloaded) by at
@@ -108,19 +109,20 @@ pub async fn utilisation(w: &Warehouse, by: GroupBy, range: DateRange, t: &Thres
     let g = by.column();
     let r = range.predicate();
     let hours = t.timetable_hours_per_day;
+    let periods = t.timetable_periods_per_day;
     let usage = metric(
         w,
         &format!(
             "WITH days AS (SELECT school, classroom, COUNT(DISTINCT date) AS school_days FROM events \
                            WHERE event_type = 'device_heartbeat'{r} GROUP BY school, classroom), \
-                  used_day AS (SELECT school, classroom, date, SUM(duration_s) AS in_use_s FROM events \
-                           WHERE event_type = 'equipment_session_ended'{r} GROUP BY school, classroom, date), \
-                  used AS (SELECT school, classroom, SUM(in_use_s) AS in_use_s, COUNT(*) AS used_days FROM used_day GROUP BY school, classroom), \
-                  rooms AS (SELECT d.school, d.school_days, COALESCE(u.in_use_s, 0) AS in_use_s, COALESCE(u.used_days, 0) AS used_days \
+                  used AS (SELECT school, classroom, SUM(duration_s) AS in_use_s, COUNT(*) AS sessions FROM events \
+                           WHERE event_type = 'equipment_session_ended'{r} GROUP BY school, classroom), \
+                  rooms AS (SELECT d.school, d.school_days, COALESCE(u.in_use_s, 0) AS in_use_s, \
+                                   LEAST(CAST(COALESCE(u.sessions, 0) AS DOUBLE), d.school_days * {periods}) AS used_periods \
                            FROM days d LEFT JOIN used u ON d.school = u.school AND d.classroom = u.classroom) \
              SELECT s.{g} AS group_id, CAST(COUNT(*) AS DOUBLE) AS v0, SUM(in_use_s) / 3600.0 AS v1, \
                     CAST(SUM(school_days) AS DOUBLE) * {hours} AS v2, \
-                    1.0 - CAST(SUM(LEAST(used_days, school_days)) AS DOUBLE) / SUM(school_days) AS v3 \
+                    1.0 - SUM(used_periods) / (SUM(school_days) * {periods}) AS v3 \
              FROM rooms JOIN school_dim s ON rooms.school = s.school_id GROUP BY s.{g}"
         ),
         4,

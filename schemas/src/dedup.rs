@@ -1,5 +1,6 @@
-//! A bounded window of recently seen event ids. Terminals resend after reconnects and the broker
-//! redelivers unacknowledged QoS 1 messages; both arrive with the original `event_id`.
+//! A bounded window of recently seen event ids (FIFO eviction). Terminals resend after
+//! reconnects, brokers redeliver unacknowledged QoS 1 messages and edges re-produce after a
+//! crash; all arrive with the original `event_id`. Used by the edge and by cloud ingest.
 
 use std::collections::{HashSet, VecDeque};
 
