@@ -233,6 +233,20 @@ async fn print_summary(
             g.threshold_pp
         );
     }
+    println!("\nEquity (province-wide Theil T; share of it lying between urban, town and rural schools)");
+    let mut equity: Vec<_> = report.equity.iter().collect();
+    equity.sort_by(|a, b| b.by_locale.between_share.total_cmp(&a.by_locale.between_share));
+    for e in equity.iter().take(4) {
+        println!(
+            "  {:<8} {:<32} gini {:.3}  theil {:.4}  between locales {:.0}%  between alliances {:.0}%",
+            e.level.as_str(),
+            e.indicator,
+            e.gini,
+            e.theil.total,
+            100.0 * e.by_locale.between_share,
+            100.0 * e.by_alliance.between_share
+        );
+    }
     if let Some(weak) = province.schools.iter().filter(|s| !s.strong).min_by(|a, b| a.vigour.total_cmp(&b.vigour)) {
         let inputs = edubrain_cloud::analytics::recommend::load_inputs(&cloud.warehouse, DateRange::default()).await?;
         println!("\nTop recommendations for {} ({}, {:?})", weak.id, weak.zone, weak.locale);

@@ -8,7 +8,10 @@
 //! ```
 //!
 //! Plus the plans' own gap measures: per-pupil funding CV across an alliance, and the
-//! urban-rural gap in senior-title teacher share.
+//! urban-rural gap in senior-title teacher share; and the equity-research measures, the
+//! enrolment-weighted Gini and the Theil T index with its exact decomposition into between-group
+//! and within-group parts (`T = Σ_g y_g ln(y_g/p_g) + Σ_g y_g T_g`, y = resource share,
+//! p = pupil share), by locale and by alliance.
 
 use std::collections::BTreeMap;
 
@@ -97,6 +100,119 @@ pub fn weighted_cv(rows: &[(f64, f64)], scale: f64) -> Option<f64> {
     }
     let var: f64 = rows.iter().map(|(r, p)| (p / n) * (scale * r / p - mean).powi(2)).sum();
     Some(var.sqrt() / mean)
+}
+
+/// Enrolment-weighted Gini of per-pupil resource X_i = R_i/P_i:
+/// `G = Σ_i Σ_j P_i P_j |X_i − X_j| / (2 N² X̄)`. In [0, 1); `None` as for [`weighted_cv`].
+pub fn weighted_gini(rows: &[(f64, f64)]) -> Option<f64> {
+    if rows.len() < 2 {
+        return None;
+    }
+    let n: f64 = rows.iter().map(|(_, p)| p).sum();
+    let total: f64 = rows.iter().map(|(r, _)| r).sum();
+    if n <= 0.0 || total <= 0.0 {
+        return None;
+    }
+    let mean = total / n;
+    // Sorted by X, Σ_i Σ_j P_i P_j |X_i − X_j| = 2 Σ_i P_i X_i (P_<i − P_>i) (O(n log n)).
+    let mut xs: Vec<(f64, f64)> = rows.iter().filter(|(_, p)| *p > 0.0).map(|(r, p)| (r / p, *p)).collect();
+    xs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut below = 0.0;
+    let mut sum = 0.0;
+    for (x, p) in &xs {
+        let above = n - below - p;
+        sum += 2.0 * p * x * (below - above);
+        below += p;
+    }
+    Some(sum / (2.0 * n * n * mean))
+}
+
+/// Theil T of resources over pupils: `Σ y_i ln(y_i / p_i)` with y, p the schools' shares of
+/// resource and pupils. 0 for perfect equality; `y ln y` → 0 as y → 0.
+pub fn theil_t(rows: &[(f64, f64)]) -> Option<f64> {
+    let n: f64 = rows.iter().map(|(_, p)| p).sum();
+    let total: f64 = rows.iter().map(|(r, _)| r).sum();
+    if rows.is_empty() || n <= 0.0 || total <= 0.0 {
+        return None;
+    }
+    Some(
+        rows.iter()
+            .filter(|(r, p)| *r > 0.0 && *p > 0.0)
+            .map(|(r, p)| {
+                let (y, s) = (r / total, p / n);
+                y * (y / s).ln()
+            })
+            .sum(),
+    )
+}
+
+/// Theil T split exactly into between-group and within-group parts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TheilSplit {
+    pub total: f64,
+    pub between: f64,
+    pub within: f64,
+    /// Share of the total inequality that lies between the groups.
+    pub between_share: f64,
+}
+
+/// Decomposes Theil T over `(group, resource, pupils)` rows.
+pub fn theil_decomposition(rows: &[(&str, f64, f64)]) -> Option<TheilSplit> {
+    let flat: Vec<(f64, f64)> = rows.iter().map(|(_, r, p)| (*r, *p)).collect();
+    let total = theil_t(&flat)?;
+    let (n, sum_r): (f64, f64) = (flat.iter().map(|x| x.1).sum(), flat.iter().map(|x| x.0).sum());
+    let mut groups: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
+    for (g, r, p) in rows {
+        groups.entry(g).or_default().push((*r, *p));
+    }
+    let (mut between, mut within) = (0.0, 0.0);
+    for members in groups.values() {
+        let (gr, gp): (f64, f64) = (members.iter().map(|x| x.0).sum(), members.iter().map(|x| x.1).sum());
+        let (y, s) = (gr / sum_r, gp / n);
+        if y > 0.0 && s > 0.0 {
+            between += y * (y / s).ln();
+            within += y * theil_t(members).unwrap_or(0.0);
+        }
+    }
+    Some(TheilSplit { total, between, within, between_share: if total > 0.0 { between / total } else { 0.0 } })
+}
+
+/// Equity of one indicator over the whole province, per level.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EquityRow {
+    pub level: Level,
+    pub indicator: &'static str,
+    pub schools: usize,
+    pub gini: f64,
+    pub theil: TheilSplit,
+    /// Theil split by locale (urban / town / rural).
+    pub by_locale: TheilSplit,
+    /// Theil split by alliance.
+    pub by_alliance: TheilSplit,
+}
+
+/// Gini and Theil (with decompositions) of every indicator, per level.
+pub fn equity_table(schools: &[School]) -> Vec<EquityRow> {
+    let mut out = Vec::new();
+    for level in [Level::Primary, Level::Junior] {
+        let members: Vec<&School> = schools.iter().filter(|s| s.level == level).collect();
+        for ind in Indicator::STANDARD.into_iter().chain([Indicator::FundingPerPupil]) {
+            let rows: Vec<(f64, f64)> = members.iter().map(|s| (ind.resource(s), s.enrolment as f64)).collect();
+            let by = |key: fn(&School) -> &str| -> Vec<(&str, f64, f64)> {
+                members.iter().map(|s| (key(s), ind.resource(s), s.enrolment as f64)).collect()
+            };
+            let (Some(gini), Some(theil), Some(by_locale), Some(by_alliance)) = (
+                weighted_gini(&rows),
+                theil_decomposition(&by(|_| "all")),
+                theil_decomposition(&by(|s| s.locale.as_str())),
+                theil_decomposition(&by(|s| s.alliance.as_str())),
+            ) else {
+                continue;
+            };
+            out.push(EquityRow { level, indicator: ind.name(), schools: members.len(), gini, theil, by_locale, by_alliance });
+        }
+    }
+    out
 }
 
 /// How schools are grouped for a CV.
@@ -239,6 +355,8 @@ pub struct GapReport {
     pub schools: usize,
     pub cv: Vec<CvRow>,
     pub senior_title: Vec<SeniorTitleGap>,
+    /// Province-wide Gini and Theil per indicator and level.
+    pub equity: Vec<EquityRow>,
 }
 
 impl GapReport {
@@ -250,6 +368,7 @@ impl GapReport {
             schools: ids.len(),
             cv: scopes.iter().flat_map(|s| cv_table(schools, *s, t)).collect(),
             senior_title: scopes.iter().flat_map(|s| senior_title_gaps(schools, *s, t)).collect(),
+            equity: equity_table(schools),
         }
     }
 
@@ -296,6 +415,22 @@ impl GapReport {
                 if g.meets { "ok" } else { "OVER" }
             );
         }
+        out += "\nEquity (province-wide): enrolment-weighted Gini, Theil T and its share between groups\n";
+        out += &format!(
+            "{:<8} {:<32} {:>6} {:>8} {:>15} {:>17}\n",
+            "level", "indicator", "gini", "theil", "between_locale", "between_alliance"
+        );
+        for e in &self.equity {
+            out += &format!(
+                "{:<8} {:<32} {:>6.3} {:>8.4} {:>14.0}% {:>16.0}%\n",
+                e.level.as_str(),
+                e.indicator,
+                e.gini,
+                e.theil.total,
+                100.0 * e.by_locale.between_share,
+                100.0 * e.by_alliance.between_share
+            );
+        }
         out
     }
 }
@@ -322,12 +457,52 @@ mod tests {
     }
 
     #[test]
-    fn cv_is_invariant_to_scaling_every_schools_resource() {
-        let rows = [(12.0, 300.0), (40.0, 800.0), (3.0, 150.0), (25.0, 400.0)];
-        let base = weighted_cv(&rows, 1.0).unwrap();
-        for k in [0.001, 3.0, 1e6] {
+    fn gini_and_theil_of_hand_computed_examples() {
+        // Equal per-pupil resources: no inequality.
+        assert_eq!(weighted_gini(&[(10.0, 100.0), (30.0, 300.0)]), Some(0.0));
+        assert!(theil_t(&[(10.0, 100.0), (30.0, 300.0)]).unwrap().abs() < 1e-15);
+        // X = 0.1 (P 100) and 0.0333 (P 300): N = 400, X̄ = 0.05;
+        // ΣΣ P_i P_j |ΔX| = 2·100·300·0.0667 = 4000; G = 4000 / (2·400²·0.05) = 0.25.
+        assert!((weighted_gini(&[(10.0, 100.0), (10.0, 300.0)]).unwrap() - 0.25).abs() < 1e-12);
+        // y = (0.5, 0.5), p = (0.25, 0.75): T = 0.5 ln 2 + 0.5 ln(2/3) = 0.5 ln(4/3).
+        let t = theil_t(&[(10.0, 100.0), (10.0, 300.0)]).unwrap();
+        assert!((t - 0.5 * (4.0f64 / 3.0).ln()).abs() < 1e-12, "{t}");
+        // Two groups that are internally equal: all inequality is between them.
+        let d = theil_decomposition(&[("u", 10.0, 100.0), ("u", 20.0, 200.0), ("r", 10.0, 300.0)]).unwrap();
+        assert!(d.within.abs() < 1e-12 && (d.between - d.total).abs() < 1e-12 && (d.between_share - 1.0).abs() < 1e-12);
+    }
+
+    use proptest::prelude::*;
+
+    fn schools() -> impl Strategy<Value = Vec<(f64, f64)>> {
+        proptest::collection::vec((0.0f64..1e6, 1.0f64..5000.0), 2..40)
+    }
+
+    proptest! {
+        #[test]
+        fn cv_is_invariant_to_scaling_every_schools_resource(rows in schools(), k in 1e-3f64..1e3) {
             let scaled: Vec<_> = rows.iter().map(|(r, p)| (r * k, *p)).collect();
-            assert!((weighted_cv(&scaled, 1.0).unwrap() - base).abs() < 1e-9);
+            match (weighted_cv(&rows, 1.0), weighted_cv(&scaled, 1.0)) {
+                (Some(a), Some(b)) => prop_assert!((a - b).abs() <= 1e-9 * a.max(1.0)),
+                (a, b) => prop_assert_eq!(a.is_some(), b.is_some()),
+            }
+        }
+
+        #[test]
+        fn gini_is_in_unit_interval(rows in schools()) {
+            if let Some(g) = weighted_gini(&rows) {
+                prop_assert!((0.0..1.0).contains(&g) || g.abs() < 1e-12, "gini {}", g);
+            }
+        }
+
+        #[test]
+        fn theil_between_plus_within_is_total(rows in schools(), groups in proptest::collection::vec(0usize..4, 40)) {
+            let names = ["urban", "town", "rural", "other"];
+            let tagged: Vec<(&str, f64, f64)> = rows.iter().zip(&groups).map(|((r, p), g)| (names[*g], *r, *p)).collect();
+            if let Some(d) = theil_decomposition(&tagged) {
+                prop_assert!((d.between + d.within - d.total).abs() <= 1e-9 * d.total.max(1.0), "{:?}", d);
+                prop_assert!(d.total >= -1e-12 && d.between >= -1e-12 && d.within >= -1e-12);
+            }
         }
     }
 }
