@@ -4,7 +4,6 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use edubrain_cloud::CloudConfig;
 use edubrain_cloud::analytics::gaps::{GapReport, Scope};
-use tokio_util::sync::CancellationToken;
 
 /// edubrain cloud: warehouse ingest, analytics and API.
 #[derive(Parser)]
@@ -42,19 +41,11 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    edubrain_process::init_logging("info");
     match Cli::parse().command {
         Command::Serve { config } => {
             let config = CloudConfig::load(&config)?;
-            let shutdown = CancellationToken::new();
-            let s = shutdown.clone();
-            tokio::spawn(async move {
-                let _ = tokio::signal::ctrl_c().await;
-                s.cancel();
-            });
+            let shutdown = edubrain_process::shutdown_on_signals();
             edubrain_cloud::run(config, shutdown).await?;
         }
         Command::Gaps { registry, format, config } => {

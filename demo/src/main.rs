@@ -3,7 +3,6 @@ use std::path::PathBuf;
 use clap::Parser;
 use edubrain_agent::ProvinceSpec;
 use edubrain_demo::DemoConfig;
-use tokio_util::sync::CancellationToken;
 
 /// Runs the whole edubrain pipeline on this machine with a simulated province.
 #[derive(Parser)]
@@ -41,17 +40,9 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    edubrain_process::init_logging("warn");
     let cli = Cli::parse();
-    let shutdown = CancellationToken::new();
-    let s = shutdown.clone();
-    tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        s.cancel();
-    });
+    let shutdown = edubrain_process::shutdown_on_signals();
     edubrain_demo::run(
         DemoConfig {
             province: ProvinceSpec {

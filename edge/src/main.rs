@@ -2,7 +2,6 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use edubrain_edge::EdgeConfig;
-use tokio_util::sync::CancellationToken;
 
 /// edubrain city edge: MQTT in, validated and deduplicated events out to Kafka.
 #[derive(Parser)]
@@ -15,17 +14,9 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    edubrain_process::init_logging("info");
     let config = EdgeConfig::load(&Cli::parse().config)?;
-    let shutdown = CancellationToken::new();
-    let s = shutdown.clone();
-    tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        s.cancel();
-    });
+    let shutdown = edubrain_process::shutdown_on_signals();
     edubrain_edge::run(config, shutdown).await?;
     Ok(())
 }

@@ -118,8 +118,19 @@ async fn edge_kill_9_loses_nothing_and_duplicates_nothing() {
         cloud.metrics.events_duplicate.get()
     );
 
-    edge.kill().unwrap();
-    edge.wait().unwrap();
+    // SIGTERM (what systemd and Kubernetes send) drains and exits cleanly.
+    let status = Command::new("kill").args(["-TERM", &edge.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(exit) = edge.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(std::time::Instant::now() < deadline, "edge ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "edge exited with {exit}");
+    assert!(std::fs::read_to_string(&log).unwrap().contains("SIGTERM"));
     shutdown.cancel();
     cloud.wait().await.unwrap();
 }

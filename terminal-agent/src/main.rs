@@ -4,7 +4,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use edubrain_agent::{PublishProgress, load_config, province, write_registry};
-use tokio_util::sync::CancellationToken;
 
 /// edubrain terminal agent and province simulator.
 #[derive(Parser)]
@@ -33,19 +32,11 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    edubrain_process::init_logging("info");
     match Cli::parse().command {
         Command::Simulate { config } => {
             let config = load_config(config.as_deref())?;
-            let shutdown = CancellationToken::new();
-            let s = shutdown.clone();
-            tokio::spawn(async move {
-                let _ = tokio::signal::ctrl_c().await;
-                s.cancel();
-            });
+            let shutdown = edubrain_process::shutdown_on_signals();
             let summary = edubrain_agent::run(config, Arc::new(PublishProgress::default()), shutdown).await?;
             println!("{} terminals published {} events, {} acknowledged", summary.terminals, summary.created, summary.acked);
         }
