@@ -193,3 +193,20 @@ impl Drop for Tansu {
         let _ = self.child.wait();
     }
 }
+
+/// A child process (an edge under test, a baseline bridge) that is killed when dropped, so a
+/// failing test never leaves it running.
+pub struct KillOnDrop(pub Child);
+
+impl KillOnDrop {
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

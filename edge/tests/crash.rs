@@ -4,28 +4,30 @@
 //! Kafka already had are dropped by `event_id` in the cloud.
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::NaiveDate;
 use edubrain_agent::{MqttTarget, Pacing, ProvinceSpec, PublishProgress, province, simulate};
-use edubrain_brokers::{Mosquitto, Storage, Tansu};
+use edubrain_brokers::{KillOnDrop, Mosquitto, Storage, Tansu};
 use edubrain_cloud::CloudConfig;
 use tokio_util::sync::CancellationToken;
 
-fn spawn_edge(config: &std::path::Path, mqtt_port: u16, kafka: &str, log: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_edubrain-edge"))
-        .arg("--config")
-        .arg(config)
-        .env("EDUBRAIN_EDGE_MQTT_PORT", mqtt_port.to_string())
-        .env("EDUBRAIN_EDGE_KAFKA_BROKERS", kafka)
-        .env("EDUBRAIN_EDGE_HTTP_LISTEN", "127.0.0.1:0")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap())
-        .spawn()
-        .unwrap()
+fn spawn_edge(config: &std::path::Path, mqtt_port: u16, kafka: &str, log: &std::path::Path) -> KillOnDrop {
+    KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_edubrain-edge"))
+            .arg("--config")
+            .arg(config)
+            .env("EDUBRAIN_EDGE_MQTT_PORT", mqtt_port.to_string())
+            .env("EDUBRAIN_EDGE_KAFKA_BROKERS", kafka)
+            .env("EDUBRAIN_EDGE_HTTP_LISTEN", "127.0.0.1:0")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,7 +62,7 @@ async fn edge_kill_9_loses_nothing_and_duplicates_nothing() {
     let config = dir.path().join("edge.toml");
     std::fs::write(&config, "city = \"c01\"\n").unwrap();
     let log = dir.path().join("edge.log");
-    let mut edge = spawn_edge(&config, mosquitto.port, &tansu.bootstrap(), &log);
+    let edge = spawn_edge(&config, mosquitto.port, &tansu.bootstrap(), &log);
     // The first start creates the persistent session; wait until it is subscribed.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !std::fs::read_to_string(&log).unwrap_or_default().contains("edge connected to MQTT") {
@@ -86,8 +88,7 @@ async fn edge_kill_9_loses_nothing_and_duplicates_nothing() {
     while progress.published() < events.len() as u64 * 3 / 10 || rx.borrow_and_update().events_written == 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    edge.kill().unwrap(); // SIGKILL
-    edge.wait().unwrap();
+    drop(edge); // SIGKILL
     let published_at_kill = progress.published();
     tokio::time::sleep(Duration::from_millis(1500)).await; // terminals keep publishing meanwhile
     let mut edge = spawn_edge(&config, mosquitto.port, &tansu.bootstrap(), &log);
@@ -123,7 +124,7 @@ async fn edge_kill_9_loses_nothing_and_duplicates_nothing() {
     assert!(status.success());
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let exit = loop {
-        if let Some(exit) = edge.try_wait().unwrap() {
+        if let Some(exit) = edge.0.try_wait().unwrap() {
             break exit;
         }
         assert!(std::time::Instant::now() < deadline, "edge ignored SIGTERM");
