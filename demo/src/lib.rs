@@ -74,6 +74,15 @@ pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> anyhow::Res
         edges.push(edge);
     }
     let cloud = edubrain_cloud::start(cloud_config.clone(), shutdown.clone()).await.context("starting the cloud")?;
+    // Terminals publish into brand-new edge sessions: nothing may be sent before the broker
+    // acknowledged each edge's subscription, or it would have no subscriber to be queued for.
+    let subscribed_by = tokio::time::Instant::now() + Duration::from_secs(30);
+    while edges.iter().any(|e| e.metrics.mqtt_subscribed.get() != 1) {
+        if tokio::time::Instant::now() > subscribed_by {
+            bail!("an edge did not subscribe to MQTT within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     println!("==> cloud: API http://{}", cloud.http_addr);
 
     let spec =

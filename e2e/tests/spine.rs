@@ -212,9 +212,7 @@ async fn every_event_reaches_the_warehouse_exactly_once_and_analytics_match_hand
     cloud_config.kafka.brokers = tansu.bootstrap();
     cloud_config.ingest.flush_interval_ms = 200;
     let cloud = edubrain_cloud::start(cloud_config.clone(), shutdown.clone()).await.unwrap();
-    wait_for("the edge to subscribe", 30, || edge.metrics.mqtt_connected.get() == 1).await;
-    // The subscription is sent right after CONNACK; give the broker a moment to register it.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for("the edge to subscribe", 30, || edge.metrics.mqtt_subscribed.get() == 1).await;
 
     let events = province_events();
     let target = MqttTarget { host: "127.0.0.1".into(), port: mosquitto.port };

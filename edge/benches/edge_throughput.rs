@@ -165,10 +165,10 @@ async fn main() {
             .spawn()
             .unwrap(),
     );
-    while !http_get_ok(&http) {
+    // /healthz answers 200 once the edge is connected and subscribed.
+    while !(http_get_ok(&http) && http_get(&http, "/healthz").starts_with("HTTP/1.1 200")) {
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_millis(500));
     let cpu0 = usage(edge.id()).0;
     let start = Instant::now();
     let mut peak: u64 = 0;

@@ -1,4 +1,5 @@
-//! `/metrics` (Prometheus text format) and `/healthz` (200 while connected to MQTT, else 503).
+//! `/metrics` (Prometheus text format) and `/healthz` (200 while connected to MQTT and
+//! subscribed, else 503).
 
 use axum::Router;
 use axum::extract::State;
@@ -22,6 +23,8 @@ async fn render(State(m): State<EdgeMetrics>) -> impl IntoResponse {
 
 async fn health(State(m): State<EdgeMetrics>) -> impl IntoResponse {
     let connected = m.mqtt_connected.get() == 1;
-    let body = serde_json::json!({ "mqtt_connected": connected, "inflight_events": m.inflight_events.get() });
-    (if connected { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, axum::Json(body))
+    let subscribed = m.mqtt_subscribed.get() == 1;
+    let body =
+        serde_json::json!({ "mqtt_connected": connected, "mqtt_subscribed": subscribed, "inflight_events": m.inflight_events.get() });
+    (if connected && subscribed { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, axum::Json(body))
 }

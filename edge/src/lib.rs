@@ -176,6 +176,10 @@ async fn poll_mqtt(
                     metrics.mqtt_connected.set(0);
                 }
             }
+            Ok(MqttEvent::Incoming(Packet::SubAck(_))) => {
+                metrics.mqtt_subscribed.set(1);
+                tracing::info!(%filter, "edge subscribed");
+            }
             Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
                 metrics.mqtt_connected.set(1);
                 backoff = Duration::from_millis(100);
@@ -187,6 +191,7 @@ async fn poll_mqtt(
             Ok(_) => {}
             Err(e) => {
                 metrics.mqtt_connected.set(0);
+                metrics.mqtt_subscribed.set(0);
                 metrics.mqtt_connection_errors.inc();
                 tracing::warn!(error = %e, "MQTT connection error; reconnecting in {backoff:?}");
                 tokio::select! {

@@ -15,6 +15,7 @@ pub struct EdgeMetrics {
     pub kafka_delivery_errors: IntCounter,
     pub inflight_events: IntGauge,
     pub mqtt_connected: IntGauge,
+    pub mqtt_subscribed: IntGauge,
     pub mqtt_connection_errors: IntCounter,
     pub delivery_latency: Histogram,
 }
@@ -55,6 +56,10 @@ impl EdgeMetrics {
             kafka_delivery_errors: counter("kafka_delivery_errors_total", "Failed deliveries (retried until they succeed)"),
             inflight_events: gauge("inflight_events", "Events received but not yet confirmed by Kafka (not yet acked to MQTT)"),
             mqtt_connected: gauge("mqtt_connected", "1 while the edge's MQTT session is up"),
+            mqtt_subscribed: gauge(
+                "mqtt_subscribed",
+                "1 once the broker acknowledged the city subscription (SUBACK) on the current connection",
+            ),
             mqtt_connection_errors: counter("mqtt_connection_errors_total", "MQTT connection errors (each followed by a reconnect)"),
             delivery_latency,
             registry,

@@ -65,11 +65,10 @@ async fn edge_kill_9_loses_nothing_and_duplicates_nothing() {
     let edge = spawn_edge(&config, mosquitto.port, &tansu.bootstrap(), &log);
     // The first start creates the persistent session; wait until it is subscribed.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&log).unwrap_or_default().contains("edge connected to MQTT") {
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("edge subscribed") {
         assert!(tokio::time::Instant::now() < deadline, "edge did not connect: {}", std::fs::read_to_string(&log).unwrap_or_default());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Publish the school day (07:30-18:00) over 5 seconds of wall time; bookings made on
     // earlier days go out at once.
