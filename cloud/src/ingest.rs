@@ -56,8 +56,8 @@ fn consumer(config: &CloudConfig) -> Result<StreamConsumer, CloudError> {
         .map_err(|e| CloudError::Kafka(format!("consumer for {}: {e}", config.kafka.brokers)))
 }
 
-/// Waits until `topic` exists and returns its partition ids.
-async fn partitions(consumer: &StreamConsumer, topic: &str, shutdown: &CancellationToken) -> Result<Vec<i32>, CloudError> {
+/// Waits until `topic` exists and returns its partition ids; `None` if shut down first.
+async fn partitions(consumer: &StreamConsumer, topic: &str, shutdown: &CancellationToken) -> Option<Vec<i32>> {
     loop {
         match consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
             Ok(md) => {
@@ -65,13 +65,13 @@ async fn partitions(consumer: &StreamConsumer, topic: &str, shutdown: &Cancellat
                     && t.error().is_none()
                     && !t.partitions().is_empty()
                 {
-                    return Ok(t.partitions().iter().map(|p| p.id()).collect());
+                    return Some(t.partitions().iter().map(|p| p.id()).collect());
                 }
             }
             Err(e) => tracing::debug!(error = %e, "metadata not available yet"),
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return Err(CloudError::Kafka(format!("stopped while waiting for topic {topic}"))),
+            _ = shutdown.cancelled() => return None,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
@@ -87,7 +87,10 @@ pub async fn run(
 ) -> Result<(), CloudError> {
     let consumer = Arc::new(consumer(&config)?);
     let topic = config.kafka.events_topic.clone();
-    let parts = partitions(&consumer, &topic, &shutdown).await?;
+    let Some(parts) = partitions(&consumer, &topic, &shutdown).await else {
+        tracing::info!(%topic, "stopped before the topic existed; nothing consumed");
+        return Ok(());
+    };
     let mut tpl = TopicPartitionList::new();
     for p in &parts {
         // Offset::Stored resumes from the group's committed offset (earliest if none).

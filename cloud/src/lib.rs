@@ -96,7 +96,7 @@ pub async fn start(config: CloudConfig, shutdown: CancellationToken) -> Result<R
             tracing::error!(error = %e, "cloud HTTP server failed");
         }
     });
-    tracing::info!(%http_addr, warehouse = %config.warehouse_dir.display(), schools = warehouse.schools().len(), "cloud started");
+    tracing::info!(%http_addr, warehouse = %config.warehouse_dir.display(), registry_rows = warehouse.schools().len(), "cloud started");
     // Ingest makes blocking librdkafka calls (synchronous commits, watermarks) and writes files;
     // it gets its own thread and runtime so it can never starve the API or anything else
     // sharing the caller's runtime.
