@@ -140,6 +140,14 @@ impl Default for RecommendationWeights {
 }
 
 impl CloudConfig {
+    /// A cloud with its warehouse in `warehouse_dir`, Kafka on this machine and its API on a
+    /// free loopback port (the demo and the tests).
+    pub fn on_loopback(warehouse_dir: PathBuf, registry: Option<PathBuf>, kafka_brokers: &str) -> Self {
+        let mut c = CloudConfig { warehouse_dir, registry, http_listen: "127.0.0.1:0".into(), ..CloudConfig::default() };
+        c.kafka.brokers = kafka_brokers.into();
+        c
+    }
+
     /// Reads a TOML file, then applies env overrides.
     pub fn load(path: &Path) -> Result<Self, CloudError> {
         let text = std::fs::read_to_string(path).map_err(|e| CloudError::Config(format!("{}: {e}", path.display())))?;

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -107,8 +106,7 @@ pub async fn run(
             }
         }
     }
-    let lag = Arc::new(AtomicI64::new(0));
-    spawn_lag_probe(consumer.clone(), topic.clone(), parts.clone(), committed.clone(), lag.clone(), shutdown.clone());
+    spawn_lag_probe(consumer.clone(), topic.clone(), parts.clone(), committed.clone(), metrics.consumer_lag.clone(), shutdown.clone());
 
     let offset = FixedOffset::east_opt(config.thresholds.utc_offset_hours * 3600)
         .ok_or_else(|| CloudError::Config("utc_offset_hours out of range".into()))?;
@@ -132,8 +130,7 @@ pub async fn run(
                 let _ = progress.send(state);
             }
             _ = report.tick() => {
-                state.lag = lag.load(Ordering::Relaxed);
-                metrics.consumer_lag.set(state.lag);
+                state.lag = metrics.consumer_lag.get();
                 let _ = progress.send(state);
             }
             msg = consumer.recv() => {
@@ -192,14 +189,15 @@ fn received_time(msg: &rdkafka::message::BorrowedMessage<'_>) -> Option<DateTime
     Utc.timestamp_millis_opt(ms).single()
 }
 
-/// Measures consumer lag (high watermark minus committed offset, summed over partitions) on a
-/// thread of its own every 2 seconds: the broker round trips never delay consuming.
+/// Measures consumer lag (high watermark minus committed offset, summed over partitions) into
+/// the `lag` gauge, on a thread of its own every 2 seconds: the broker round trips never delay
+/// consuming.
 fn spawn_lag_probe(
     consumer: Arc<StreamConsumer>,
     topic: String,
     parts: Vec<i32>,
     committed: Arc<Mutex<BTreeMap<i32, i64>>>,
-    lag: Arc<AtomicI64>,
+    lag: prometheus::IntGauge,
     shutdown: CancellationToken,
 ) {
     std::thread::spawn(move || {
@@ -216,7 +214,7 @@ fn spawn_lag_probe(
                 }
             }
             if known {
-                lag.store(total, Ordering::Relaxed);
+                lag.set(total);
             }
             std::thread::sleep(Duration::from_secs(2));
         }

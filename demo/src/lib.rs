@@ -56,19 +56,11 @@ pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> anyhow::Res
         c
     };
 
-    let mut cloud_config = CloudConfig {
-        warehouse_dir: dir.join("warehouse"),
-        registry: Some(registry_path.clone()),
-        http_listen: config.cloud_http.clone(),
-        ..CloudConfig::default()
-    };
-    cloud_config.kafka.brokers = tansu.bootstrap();
+    let mut cloud_config = CloudConfig::on_loopback(dir.join("warehouse"), Some(registry_path.clone()), &tansu.bootstrap());
+    cloud_config.http_listen = config.cloud_http.clone();
     let mut edges = Vec::new();
     for city in &cities {
-        let mut c = EdgeConfig::for_city(city);
-        c.mqtt.port = mosquitto.port;
-        c.kafka.brokers = tansu.bootstrap();
-        c.http_listen = "127.0.0.1:0".into();
+        let c = EdgeConfig::on_loopback(city, mosquitto.port, &tansu.bootstrap());
         let edge = edubrain_edge::start(c, shutdown.clone()).await.with_context(|| format!("starting the edge of {city}"))?;
         println!("==> edge {city}: metrics http://{}/metrics", edge.http_addr);
         edges.push(edge);
@@ -245,17 +237,7 @@ async fn print_summary(
     println!("\nEquity (province-wide Theil T; share of it lying between urban, town and rural schools)");
     let mut equity: Vec<_> = report.equity.iter().collect();
     equity.sort_by(|a, b| b.by_locale.between_share.total_cmp(&a.by_locale.between_share));
-    for e in equity.iter().take(4) {
-        println!(
-            "  {:<8} {:<32} gini {:.3}  theil {:.4}  between locales {:.0}%  between alliances {:.0}%",
-            e.level.as_str(),
-            e.indicator,
-            e.gini,
-            e.theil.total,
-            100.0 * e.by_locale.between_share,
-            100.0 * e.by_alliance.between_share
-        );
-    }
+    print!("{}", edubrain_cloud::analytics::gaps::equity_table_text(equity.into_iter().take(4)));
     if let Some(weak) = province.schools.iter().filter(|s| !s.strong).min_by(|a, b| a.vigour.total_cmp(&b.vigour)) {
         let inputs = edubrain_cloud::analytics::recommend::load_inputs(&cloud.warehouse, DateRange::default()).await?;
         println!("\nTop recommendations for {} ({}, {:?})", weak.id, weak.zone, weak.locale);

@@ -1,7 +1,8 @@
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use edubrain_agent::ProvinceSpec;
+use edubrain_brokers::Storage;
 use edubrain_demo::DemoConfig;
 
 /// Runs the whole edubrain pipeline on this machine with a simulated province.
@@ -31,11 +32,17 @@ struct Cli {
     /// Kafka (Tansu) storage. memory: fast, lost when the broker stops. sqlite: survives a
     /// broker crash, but on 2 cores Tansu's sqlite engine saturates a core at a few thousand
     /// records/s and the demo's consumer falls behind (fetch requests time out).
-    #[arg(long, default_value = "memory", value_parser = ["sqlite", "memory"])]
-    kafka_storage: String,
+    #[arg(long, value_enum, default_value_t = KafkaStorage::Memory)]
+    kafka_storage: KafkaStorage,
     /// Stop after the summary instead of serving the API until Ctrl-C.
     #[arg(long)]
     exit: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KafkaStorage {
+    Memory,
+    Sqlite,
 }
 
 #[tokio::main]
@@ -56,10 +63,9 @@ async fn main() -> anyhow::Result<()> {
             wall_seconds: cli.wall_seconds,
             work_dir: cli.work_dir,
             cloud_http: cli.http,
-            kafka_storage: if cli.kafka_storage == "memory" {
-                edubrain_brokers::Storage::Memory
-            } else {
-                edubrain_brokers::Storage::Sqlite
+            kafka_storage: match cli.kafka_storage {
+                KafkaStorage::Memory => Storage::Memory,
+                KafkaStorage::Sqlite => Storage::Sqlite,
             },
             serve: !cli.exit,
         },

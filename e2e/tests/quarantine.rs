@@ -50,9 +50,7 @@ async fn poison_records_are_quarantined_and_good_ones_go_through() {
     }
 
     let shutdown = CancellationToken::new();
-    let mut config =
-        CloudConfig { warehouse_dir: dir.path().join("warehouse"), http_listen: "127.0.0.1:0".into(), ..CloudConfig::default() };
-    config.kafka.brokers = tansu.bootstrap();
+    let mut config = CloudConfig::on_loopback(dir.path().join("warehouse"), None, &tansu.bootstrap());
     config.ingest.flush_interval_ms = 100;
     let cloud = edubrain_cloud::start(config, shutdown.clone()).await.unwrap();
     let mut rx = cloud.progress.clone();

@@ -35,19 +35,10 @@ async fn every_simulated_event_arrives_once_across_two_cities() {
 
     let mut edges = Vec::new();
     for city in ["c01", "c02"] {
-        let mut c = EdgeConfig::for_city(city);
-        c.mqtt.port = mosquitto.port;
-        c.kafka.brokers = tansu.bootstrap();
-        c.http_listen = "127.0.0.1:0".into();
+        let c = EdgeConfig::on_loopback(city, mosquitto.port, &tansu.bootstrap());
         edges.push(edubrain_edge::start(c, shutdown.clone()).await.unwrap());
     }
-    let mut cloud_config = CloudConfig {
-        warehouse_dir: dir.path().join("warehouse"),
-        registry: Some(registry.clone()),
-        http_listen: "127.0.0.1:0".into(),
-        ..CloudConfig::default()
-    };
-    cloud_config.kafka.brokers = tansu.bootstrap();
+    let mut cloud_config = CloudConfig::on_loopback(dir.path().join("warehouse"), Some(registry.clone()), &tansu.bootstrap());
     cloud_config.ingest.flush_interval_ms = 200;
     let cloud = edubrain_cloud::start(cloud_config, shutdown.clone()).await.unwrap();
     for e in &edges {

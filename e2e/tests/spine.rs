@@ -197,19 +197,10 @@ async fn every_event_reaches_the_warehouse_exactly_once_and_analytics_match_hand
     std::fs::write(&registry, REGISTRY).unwrap();
     let shutdown = CancellationToken::new();
 
-    let mut edge_config = EdgeConfig::for_city("c01");
-    edge_config.mqtt.port = mosquitto.port;
-    edge_config.kafka.brokers = tansu.bootstrap();
-    edge_config.http_listen = "127.0.0.1:0".into();
+    let edge_config = EdgeConfig::on_loopback("c01", mosquitto.port, &tansu.bootstrap());
     let edge = edubrain_edge::start(edge_config, shutdown.clone()).await.unwrap();
 
-    let mut cloud_config = CloudConfig {
-        warehouse_dir: dir.path().join("warehouse"),
-        registry: Some(registry),
-        http_listen: "127.0.0.1:0".into(),
-        ..CloudConfig::default()
-    };
-    cloud_config.kafka.brokers = tansu.bootstrap();
+    let mut cloud_config = CloudConfig::on_loopback(dir.path().join("warehouse"), Some(registry), &tansu.bootstrap());
     cloud_config.ingest.flush_interval_ms = 200;
     let cloud = edubrain_cloud::start(cloud_config.clone(), shutdown.clone()).await.unwrap();
     wait_for("the edge to subscribe", 30, || edge.metrics.mqtt_subscribed.get() == 1).await;

@@ -100,6 +100,16 @@ impl EdgeConfig {
         toml::from_str(&format!("city = {city:?}")).expect("defaults are valid")
     }
 
+    /// An edge for `city` with its brokers on this machine and its HTTP endpoint on a free
+    /// loopback port (the demo and the tests).
+    pub fn on_loopback(city: &str, mqtt_port: u16, kafka_brokers: &str) -> Self {
+        let mut c = Self::for_city(city);
+        c.mqtt.port = mqtt_port;
+        c.kafka.brokers = kafka_brokers.into();
+        c.http_listen = "127.0.0.1:0".into();
+        c
+    }
+
     /// Reads a TOML file, then applies env overrides.
     pub fn load(path: &Path) -> Result<Self, EdgeError> {
         let text = std::fs::read_to_string(path).map_err(|e| EdgeError::Config(format!("{}: {e}", path.display())))?;

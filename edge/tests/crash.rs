@@ -49,13 +49,7 @@ async fn edge_kill_9_loses_nothing_and_duplicates_nothing() {
     let ids: BTreeSet<String> = events.iter().map(|e| e.header.event_id.to_string()).collect();
 
     let shutdown = CancellationToken::new();
-    let mut cloud_config = CloudConfig {
-        warehouse_dir: dir.path().join("warehouse"),
-        registry: Some(registry),
-        http_listen: "127.0.0.1:0".into(),
-        ..CloudConfig::default()
-    };
-    cloud_config.kafka.brokers = tansu.bootstrap();
+    let mut cloud_config = CloudConfig::on_loopback(dir.path().join("warehouse"), Some(registry), &tansu.bootstrap());
     cloud_config.ingest.flush_interval_ms = 200;
     let cloud = edubrain_cloud::start(cloud_config, shutdown.clone()).await.unwrap();
 

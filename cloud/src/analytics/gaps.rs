@@ -184,7 +184,8 @@ pub struct EquityRow {
     pub indicator: &'static str,
     pub schools: usize,
     pub gini: f64,
-    pub theil: TheilSplit,
+    /// Theil T over all schools of the level (equal to either split's `total`).
+    pub theil: f64,
     /// Theil split by locale (urban / town / rural).
     pub by_locale: TheilSplit,
     /// Theil split by alliance.
@@ -201,15 +202,20 @@ pub fn equity_table(schools: &[School]) -> Vec<EquityRow> {
             let by = |key: fn(&School) -> &str| -> Vec<(&str, f64, f64)> {
                 members.iter().map(|s| (key(s), ind.resource(s), s.enrolment as f64)).collect()
             };
-            let (Some(gini), Some(theil), Some(by_locale), Some(by_alliance)) = (
-                weighted_gini(&rows),
-                theil_decomposition(&by(|_| "all")),
-                theil_decomposition(&by(|s| s.locale.as_str())),
-                theil_decomposition(&by(|s| s.alliance.as_str())),
-            ) else {
+            let (Some(gini), Some(by_locale), Some(by_alliance)) =
+                (weighted_gini(&rows), theil_decomposition(&by(|s| s.locale.as_str())), theil_decomposition(&by(|s| s.alliance.as_str())))
+            else {
                 continue;
             };
-            out.push(EquityRow { level, indicator: ind.name(), schools: members.len(), gini, theil, by_locale, by_alliance });
+            out.push(EquityRow {
+                level,
+                indicator: ind.name(),
+                schools: members.len(),
+                gini,
+                theil: by_locale.total,
+                by_locale,
+                by_alliance,
+            });
         }
     }
     out
@@ -416,23 +422,27 @@ impl GapReport {
             );
         }
         out += "\nEquity (province-wide): enrolment-weighted Gini, Theil T and its share between groups\n";
-        out += &format!(
-            "{:<8} {:<32} {:>6} {:>8} {:>15} {:>17}\n",
-            "level", "indicator", "gini", "theil", "between_locale", "between_alliance"
-        );
-        for e in &self.equity {
-            out += &format!(
-                "{:<8} {:<32} {:>6.3} {:>8.4} {:>14.0}% {:>16.0}%\n",
-                e.level.as_str(),
-                e.indicator,
-                e.gini,
-                e.theil.total,
-                100.0 * e.by_locale.between_share,
-                100.0 * e.by_alliance.between_share
-            );
-        }
+        out += &equity_table_text(self.equity.iter());
         out
     }
+}
+
+/// Equity rows as a plain-text table with a header line.
+pub fn equity_table_text<'a>(rows: impl IntoIterator<Item = &'a EquityRow>) -> String {
+    let mut out =
+        format!("{:<8} {:<32} {:>6} {:>8} {:>15} {:>17}\n", "level", "indicator", "gini", "theil", "between_locale", "between_alliance");
+    for e in rows {
+        out += &format!(
+            "{:<8} {:<32} {:>6.3} {:>8.4} {:>14.0}% {:>16.0}%\n",
+            e.level.as_str(),
+            e.indicator,
+            e.gini,
+            e.theil,
+            100.0 * e.by_locale.between_share,
+            100.0 * e.by_alliance.between_share
+        );
+    }
+    out
 }
 
 #[cfg(test)]
