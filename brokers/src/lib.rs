@@ -64,7 +64,7 @@ fn repo_root() -> PathBuf {
 
 /// A Mosquitto broker owned by this process.
 pub struct Mosquitto {
-    child: Child,
+    _child: KillOnDrop,
     pub port: u16,
     pub dir: PathBuf,
 }
@@ -97,14 +97,7 @@ impl Mosquitto {
             .spawn()
             .map_err(|e| BrokerError::Spawn { what: "mosquitto", source: e })?;
         wait_ready("mosquitto", port, &log, &mut child)?;
-        Ok(Self { child, port, dir: dir.to_path_buf() })
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Ok(Self { _child: KillOnDrop(child), port, dir: dir.to_path_buf() })
     }
 }
 
@@ -119,7 +112,7 @@ pub enum Storage {
 
 /// A Tansu broker owned by this process.
 pub struct Tansu {
-    child: Child,
+    child: KillOnDrop,
     pub port: u16,
     dir: PathBuf,
     storage: Storage,
@@ -161,11 +154,11 @@ impl Tansu {
             .stderr(log)
             .spawn()
             .map_err(|e| BrokerError::Spawn { what: "tansu", source: e })?;
-        Ok(Self { child, port, dir: dir.to_path_buf(), storage })
+        Ok(Self { child: KillOnDrop(child), port, dir: dir.to_path_buf(), storage })
     }
 
     fn wait(&mut self) -> Result<(), BrokerError> {
-        wait_ready("tansu", self.port, &self.dir.join("tansu.log"), &mut self.child)
+        wait_ready("tansu", self.port, &self.dir.join("tansu.log"), &mut self.child.0)
     }
 
     /// `host:port` for `bootstrap.servers`.
@@ -175,8 +168,8 @@ impl Tansu {
 
     /// SIGKILL: no shutdown, no flush.
     pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.child.0.kill();
+        let _ = self.child.0.wait();
     }
 
     /// Starts again on the same port and storage.
@@ -187,15 +180,8 @@ impl Tansu {
     }
 }
 
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A child process (an edge under test, a baseline bridge) that is killed when dropped, so a
-/// failing test never leaves it running.
+/// A child process (a broker, an edge under test, a baseline bridge) that is killed when
+/// dropped, so a failing test never leaves it running.
 pub struct KillOnDrop(pub Child);
 
 impl KillOnDrop {
