@@ -60,7 +60,7 @@ pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> anyhow::Res
     cloud_config.http_listen = config.cloud_http.clone();
     let mut edges = Vec::new();
     for city in &cities {
-        let c = EdgeConfig::on_loopback(city, mosquitto.port, &tansu.bootstrap());
+        let c = EdgeConfig::on_loopback(city, mosquitto.port, &tansu.bootstrap(), &dir.join(format!("edge-{city}")));
         let edge = edubrain_edge::start(c, shutdown.clone()).await.with_context(|| format!("starting the edge of {city}"))?;
         println!("==> edge {city}: metrics http://{}/metrics", edge.http_addr);
         edges.push(edge);
@@ -94,7 +94,7 @@ pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> anyhow::Res
     );
     let progress = Arc::new(PublishProgress::default());
     let pacing = Pacing { sim_start: first.header.event_time, wall_start: tokio::time::Instant::now(), speed: span / config.wall_seconds };
-    let target = MqttTarget { host: "127.0.0.1".into(), port: mosquitto.port };
+    let target = MqttTarget::new("127.0.0.1", mosquitto.port);
     // A misbehaving classroom app: its bad events must reach the dead-letter topic, not vanish.
     let bad_room = &province.schools[0].classrooms[0];
     let bad_topic = edubrain_schemas::topics::TerminalTopic {
@@ -112,7 +112,10 @@ pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> anyhow::Res
     .await?;
     let publisher = {
         let (target, progress, shutdown) = (target.clone(), progress.clone(), shutdown.clone());
-        tokio::spawn(async move { edubrain_agent::publish_all(&target, events, pacing, progress, shutdown).await })
+        let outbox = dir.join("outbox");
+        tokio::spawn(async move {
+            edubrain_agent::publish_all_durable(&target, events, pacing, &outbox, &Default::default(), progress, shutdown).await
+        })
     };
 
     let accepted = |edges: &[edubrain_edge::RunningEdge]| -> (u64, u64, u64) {

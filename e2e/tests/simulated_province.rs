@@ -22,20 +22,22 @@ async fn every_simulated_event_arrives_once_across_two_cities() {
     let spec = ProvinceSpec { seed: 11, cities: 2, alliances_per_city: 1, schools_per_alliance: 4, classrooms_per_school: 3 };
     let registry = dir.path().join("registry.csv");
     let config = SimulatorConfig {
-        mqtt: MqttTarget { host: "127.0.0.1".into(), port: mosquitto.port },
+        mqtt: MqttTarget::new("127.0.0.1", mosquitto.port),
         province: spec.clone(),
         first_day: NaiveDate::from_ymd_opt(2026, 11, 16),
         school_days: 1,
         heartbeat_minutes: 30,
         speed: 0.0,
         registry_out: Some(registry.clone()),
+        outbox_dir: Some(dir.path().join("outbox")),
+        outbox: Default::default(),
     };
     let p = province::build(&spec);
     edubrain_agent::write_registry(&p, &registry).unwrap();
 
     let mut edges = Vec::new();
     for city in ["c01", "c02"] {
-        let c = EdgeConfig::on_loopback(city, mosquitto.port, &tansu.bootstrap());
+        let c = EdgeConfig::on_loopback(city, mosquitto.port, &tansu.bootstrap(), &dir.path().join(format!("edge-{city}")));
         edges.push(edubrain_edge::start(c, shutdown.clone()).await.unwrap());
     }
     let mut cloud_config = CloudConfig::on_loopback(dir.path().join("warehouse"), Some(registry.clone()), &tansu.bootstrap());

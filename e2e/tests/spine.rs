@@ -197,7 +197,7 @@ async fn every_event_reaches_the_warehouse_exactly_once_and_analytics_match_hand
     std::fs::write(&registry, REGISTRY).unwrap();
     let shutdown = CancellationToken::new();
 
-    let edge_config = EdgeConfig::on_loopback("c01", mosquitto.port, &tansu.bootstrap());
+    let edge_config = EdgeConfig::on_loopback("c01", mosquitto.port, &tansu.bootstrap(), &dir.path().join("edge-wal"));
     let edge = edubrain_edge::start(edge_config, shutdown.clone()).await.unwrap();
 
     let mut cloud_config = CloudConfig::on_loopback(dir.path().join("warehouse"), Some(registry), &tansu.bootstrap());
@@ -206,10 +206,20 @@ async fn every_event_reaches_the_warehouse_exactly_once_and_analytics_match_hand
     wait_for("the edge to subscribe", 30, || edge.metrics.mqtt_subscribed.get() == 1).await;
 
     let events = province_events();
-    let target = MqttTarget { host: "127.0.0.1".into(), port: mosquitto.port };
+    let target = MqttTarget::new("127.0.0.1", mosquitto.port);
     let progress = Arc::new(PublishProgress::default());
     let pacing = Pacing { sim_start: events[0].header.event_time, wall_start: tokio::time::Instant::now(), speed: f64::INFINITY };
-    let summary = edubrain_agent::publish_all(&target, events.clone(), pacing, progress.clone(), shutdown.clone()).await.unwrap();
+    let summary = edubrain_agent::publish_all_durable(
+        &target,
+        events.clone(),
+        pacing,
+        &dir.path().join("outbox"),
+        &Default::default(),
+        progress.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
     assert_eq!((summary.created, summary.acked), (events.len() as u64, events.len() as u64));
 
     // A resend of an event (a terminal that reconnected) and two bad messages on A1's topic.

@@ -46,7 +46,7 @@ struct Run {
 }
 
 async fn publish(events: &[edubrain_schemas::Event], port: u16) {
-    let target = MqttTarget { host: "127.0.0.1".into(), port };
+    let target = MqttTarget::new("127.0.0.1", port);
     let pacing = Pacing { sim_start: events[0].header.event_time, wall_start: tokio::time::Instant::now(), speed: f64::INFINITY };
     let summary =
         edubrain_agent::publish_all(&target, events.to_vec(), pacing, Default::default(), CancellationToken::new()).await.expect("publish");
@@ -152,7 +152,7 @@ async fn main() {
     // 1. The edge process.
     let http = format!("127.0.0.1:{}", free_port());
     let config = dir.path().join("edge.toml");
-    std::fs::write(&config, "city = \"c01\"\n").unwrap();
+    std::fs::write(&config, format!("city = \"c01\"\n[wal]\ndir = {:?}\n", dir.path().join("edge-wal"))).unwrap();
     let edge = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_edubrain-edge"))
             .arg("--config")

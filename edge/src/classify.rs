@@ -26,7 +26,7 @@ pub enum Outcome {
     /// Valid and new: produce to the events topic, keyed by classroom.
     Accept { event: Box<Event> },
     /// Seen before (resend or redelivery): acknowledge, do not produce again.
-    Duplicate,
+    Duplicate { event_id: uuid::Uuid },
     /// Produce the raw bytes to the dead-letter topic with the reason.
     Reject(Rejection),
 }
@@ -45,7 +45,7 @@ pub fn classify(
             if dedup.insert(event.header.event_id.as_u128()) {
                 Outcome::Accept { event: Box::new(event) }
             } else {
-                Outcome::Duplicate
+                Outcome::Duplicate { event_id: event.header.event_id }
             }
         }
         Err(r) => Outcome::Reject(r),
@@ -100,7 +100,7 @@ mod tests {
         let mut d = DedupWindow::new(10);
         let e = event("c01");
         assert!(matches!(run("c01", TOPIC, &e.to_json(), &mut d), Outcome::Accept { .. }));
-        assert_eq!(run("c01", TOPIC, &e.to_json(), &mut d), Outcome::Duplicate);
+        assert_eq!(run("c01", TOPIC, &e.to_json(), &mut d), Outcome::Duplicate { event_id: e.header.event_id });
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! overrides. Unknown keys are errors, so a typo never silently falls back to a default.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -17,6 +17,8 @@ pub struct EdgeConfig {
     pub mqtt: MqttConfig,
     #[serde(default)]
     pub kafka: KafkaConfig,
+    #[serde(default)]
+    pub wal: WalConfig,
     /// Address of `/metrics` and `/healthz`; port 0 picks a free port.
     #[serde(default = "default_http_listen")]
     pub http_listen: String,
@@ -53,6 +55,38 @@ impl Default for MqttConfig {
             password: None,
             max_packet_bytes: 256 * 1024,
             keepalive_secs: 15,
+        }
+    }
+}
+
+/// The write-ahead log: an event is acknowledged (to MQTT and to its terminal) only once it is
+/// fsynced here, and deleted only after Kafka confirmed it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WalConfig {
+    /// Required: there is no safe default place for acknowledged data.
+    pub dir: Option<PathBuf>,
+    pub segment_bytes: u64,
+    /// Capacity. When full, the edge stops acknowledging (terminals and the broker keep the
+    /// events) until Kafka confirmations free a segment.
+    pub max_bytes: u64,
+    /// Most events written per group commit (one fsync).
+    pub max_batch: usize,
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        Self { dir: None, segment_bytes: 16 << 20, max_bytes: 1 << 30, max_batch: 2048 }
+    }
+}
+
+impl WalConfig {
+    pub fn options(&self, max_record_bytes: usize) -> edubrain_wal::WalOptions {
+        // A record is the MQTT payload plus its Kafka key and headers.
+        edubrain_wal::WalOptions {
+            segment_bytes: self.segment_bytes,
+            max_bytes: self.max_bytes,
+            max_record_bytes: (max_record_bytes + 4096).min(u32::MAX as usize) as u32,
         }
     }
 }
@@ -100,10 +134,11 @@ impl EdgeConfig {
         toml::from_str(&format!("city = {city:?}")).expect("defaults are valid")
     }
 
-    /// An edge for `city` with its brokers on this machine and its HTTP endpoint on a free
-    /// loopback port (the demo and the tests).
-    pub fn on_loopback(city: &str, mqtt_port: u16, kafka_brokers: &str) -> Self {
+    /// An edge for `city` with its brokers on this machine, its WAL in `wal_dir` and its HTTP
+    /// endpoint on a free loopback port (the demo and the tests).
+    pub fn on_loopback(city: &str, mqtt_port: u16, kafka_brokers: &str, wal_dir: &Path) -> Self {
         let mut c = Self::for_city(city);
+        c.wal.dir = Some(wal_dir.to_path_buf());
         c.mqtt.port = mqtt_port;
         c.kafka.brokers = kafka_brokers.into();
         c.http_listen = "127.0.0.1:0".into();
@@ -119,7 +154,8 @@ impl EdgeConfig {
         Ok(config)
     }
 
-    /// Overrides from `EDUBRAIN_EDGE_CITY`, `_MQTT_HOST`, `_MQTT_PORT`, `_KAFKA_BROKERS`, `_HTTP_LISTEN`.
+    /// Overrides from `EDUBRAIN_EDGE_CITY`, `_MQTT_HOST`, `_MQTT_PORT`, `_KAFKA_BROKERS`,
+    /// `_HTTP_LISTEN`, `_WAL_DIR`, `_MQTT_USERNAME`, `_MQTT_PASSWORD_FILE`.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), EdgeError> {
         if let Some(v) = get("EDUBRAIN_EDGE_CITY") {
             self.city = v;
@@ -136,6 +172,12 @@ impl EdgeConfig {
         if let Some(v) = get("EDUBRAIN_EDGE_HTTP_LISTEN") {
             self.http_listen = v;
         }
+        if let Some(v) = get("EDUBRAIN_EDGE_WAL_DIR") {
+            self.wal.dir = Some(v.into());
+        }
+        if let Some(v) = get("EDUBRAIN_EDGE_MQTT_USERNAME") {
+            self.mqtt.username = Some(v);
+        }
         if let Some(v) = get("EDUBRAIN_EDGE_MQTT_PASSWORD_FILE") {
             let pw = std::fs::read_to_string(&v).map_err(|e| EdgeError::Config(format!("EDUBRAIN_EDGE_MQTT_PASSWORD_FILE {v}: {e}")))?;
             self.mqtt.password = Some(pw.trim_end().to_string());
@@ -149,6 +191,15 @@ impl EdgeConfig {
             if self.kafka.producer.contains_key(key) {
                 return Err(EdgeError::Config(format!("kafka.producer.{key} is set by the edge itself and cannot be overridden")));
             }
+        }
+        if self.wal.dir.is_none() {
+            return Err(EdgeError::Config(
+                "wal.dir is not set: the edge acknowledges events only once they are in its write-ahead log, so it needs a directory"
+                    .into(),
+            ));
+        }
+        if self.wal.max_batch == 0 {
+            return Err(EdgeError::Config("wal.max_batch must be at least 1".into()));
         }
         if self.mqtt.max_packet_bytes < 1024 {
             return Err(EdgeError::Config(format!("mqtt.max_packet_bytes = {} is too small for one event", self.mqtt.max_packet_bytes)));

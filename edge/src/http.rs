@@ -24,7 +24,6 @@ async fn render(State(m): State<EdgeMetrics>) -> impl IntoResponse {
 async fn health(State(m): State<EdgeMetrics>) -> impl IntoResponse {
     let connected = m.mqtt_connected.get() == 1;
     let subscribed = m.mqtt_subscribed.get() == 1;
-    let body =
-        serde_json::json!({ "mqtt_connected": connected, "mqtt_subscribed": subscribed, "inflight_events": m.inflight_events.get() });
+    let body = serde_json::json!({ "mqtt_connected": connected, "mqtt_subscribed": subscribed, "wal_unconfirmed_records": m.wal_unconfirmed_records.get(), "wal_full": m.wal_full.get() });
     (if connected && subscribed { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, axum::Json(body))
 }

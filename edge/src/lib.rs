@@ -1,45 +1,53 @@
-//! edubrain edge: one per city. Terminals publish over MQTT; the edge validates, deduplicates
-//! and produces to Kafka, and acknowledges each MQTT message only after Kafka confirmed it.
+//! edubrain edge: one per city. Terminals publish over MQTT; the edge validates, deduplicates,
+//! writes each event to its write-ahead log, acknowledges it, and ships the log to Kafka.
 //!
 //! - [`config`]: TOML + env configuration.
 //! - [`classify`]: the pure core: accept / duplicate / reject (with field and rule) per message.
-//! - [`kafka`]: topic creation and the idempotent `acks=all` producer.
+//! - [`record`]: what one WAL record holds (Kafka topic, key, headers, the raw payload).
+//! - [`ship`]: WAL → Kafka (idempotent, `acks=all`), confirming records back to the WAL.
+//! - [`kafka`]: topic creation and the producer.
 //! - [`metrics`]: Prometheus metrics; [`http`]: `/metrics` and `/healthz`.
 //! - [`start`] / [`run`]: wire it together.
 //!
-//! Delivery guarantee: the edge's MQTT session is persistent and acks are manual. A message is
-//! acknowledged to the broker only after its Kafka delivery report (or, for a duplicate, after
-//! every message received before it), in receive order. If the edge dies, the broker redelivers
-//! what was not acknowledged; the dedup window and the cloud's `event_id` uniqueness absorb the
-//! redelivery.
+//! Delivery guarantee. The edge's MQTT session is persistent and acks are manual. Messages are
+//! classified in batches; each batch is appended to the WAL and fsynced once (group commit);
+//! only then are its messages acknowledged to the broker (PUBACK, in receive order) and to their
+//! terminals (an [`edubrain_schemas::ack::EdgeAck`] on the terminal's acks topic, which is what
+//! lets a terminal delete an event from its outbox). A WAL record is deleted only after Kafka's
+//! delivery report. After a crash the broker redelivers what was not acknowledged, and the WAL
+//! replays what Kafka did not confirm; `event_id` dedup (here and in the cloud) absorbs repeats.
+//! When the WAL is full the edge stops taking messages: nothing is acknowledged, so the broker
+//! and the terminals keep the events until Kafka catches up.
 
 pub mod classify;
 pub mod config;
 pub mod http;
 pub mod kafka;
 pub mod metrics;
+pub mod record;
+mod ship;
 
-use std::future::Future;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use edubrain_schemas::ValidationPolicy;
+use edubrain_schemas::ack::{EdgeAck, RejectedEvent, peek_event_id};
 use edubrain_schemas::dedup::DedupWindow;
-use edubrain_schemas::topics::city_subscription;
-use futures::StreamExt;
-use futures::stream::FuturesOrdered;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use edubrain_schemas::topics::{TerminalTopic, city_subscription};
+use edubrain_wal::Wal;
 use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, Publish, QoS};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use classify::{Outcome, Rejection, classify};
 pub use config::EdgeConfig;
 pub use metrics::EdgeMetrics;
+
+use record::{Destination, WalRecord};
+use ship::{Committed, Shipper};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
@@ -49,12 +57,20 @@ pub enum EdgeError {
     Kafka(String),
     #[error("mqtt: {0}")]
     Mqtt(String),
+    #[error("WAL: {0}")]
+    Wal(String),
     #[error("http listener {addr}: {source}")]
     Http {
         addr: String,
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<edubrain_wal::WalError> for EdgeError {
+    fn from(e: edubrain_wal::WalError) -> Self {
+        EdgeError::Wal(e.to_string())
+    }
 }
 
 /// A started edge.
@@ -76,10 +92,39 @@ pub async fn run(config: EdgeConfig, shutdown: CancellationToken) -> Result<(), 
     start(config, shutdown).await?.wait().await
 }
 
-/// Creates the Kafka topics, binds the HTTP listener and starts pumping MQTT into Kafka.
+/// Upper bound of a WAL record's size beyond its MQTT payload (key and headers are capped).
+const RECORD_OVERHEAD: usize = 8192;
+/// Header values (reasons, topics) are cut to this many bytes in the WAL and in Kafka.
+const MAX_HEADER_VALUE: usize = 1024;
+
+/// Opens the WAL (replaying what Kafka did not confirm), creates the Kafka topics, binds the
+/// HTTP listener and starts pumping MQTT into the WAL and the WAL into Kafka.
 pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<RunningEdge, EdgeError> {
     config.check()?;
     let metrics = EdgeMetrics::new(&config.city);
+    let wal_dir = config.wal.dir.clone().expect("checked: wal.dir is set");
+    let options = config.wal.options(config.mqtt.max_packet_bytes);
+    let open_dir = wal_dir.clone();
+    let (wal, recovered) = tokio::task::spawn_blocking(move || Wal::open(&open_dir, options))
+        .await
+        .map_err(|e| EdgeError::Wal(format!("opening the WAL panicked: {e}")))??;
+    metrics.wal_damaged_bytes.inc_by(recovered.damage.iter().map(|d| d.bytes).sum());
+    metrics.wal_replayed_records.inc_by(recovered.records.len() as u64);
+    metrics.wal_capacity_bytes.set(wal.max_bytes() as i64);
+    // Events the WAL still holds are known: a redelivery of one of them is a duplicate.
+    let mut dedup = DedupWindow::new(config.dedup_capacity);
+    for (seq, bytes) in &recovered.records {
+        let r = WalRecord::decode(bytes).map_err(|e| EdgeError::Wal(format!("record {seq} in {}: {e}", wal_dir.display())))?;
+        if let Some(id) = r.event_id {
+            dedup.insert(id);
+        }
+    }
+    let ship_from = recovered.records.first().map(|(s, _)| *s).unwrap_or(wal.next_seq());
+    if !recovered.records.is_empty() {
+        tracing::info!(records = recovered.records.len(), from = ship_from, "replaying WAL records Kafka has not confirmed");
+    }
+    drop(recovered);
+
     kafka::ensure_topics(
         &config.kafka.brokers,
         &[(&config.kafka.events_topic, config.kafka.partitions), (&config.kafka.deadletter_topic, config.kafka.partitions.clamp(1, 3))],
@@ -92,67 +137,336 @@ pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Ru
         .map_err(|e| EdgeError::Http { addr: config.http_listen.clone(), source: e })?;
     let http_addr = listener.local_addr().map_err(|e| EdgeError::Http { addr: config.http_listen.clone(), source: e })?;
     tokio::spawn(http::serve(listener, metrics.clone(), shutdown.clone()));
-    tracing::info!(city = %config.city, %http_addr, mqtt = %format!("{}:{}", config.mqtt.host, config.mqtt.port), kafka = %config.kafka.brokers, "edge started");
-    let task = tokio::spawn(pump(config, producer, metrics.clone(), shutdown));
+    tracing::info!(city = %config.city, %http_addr, mqtt = %format!("{}:{}", config.mqtt.host, config.mqtt.port), kafka = %config.kafka.brokers,
+        wal = %wal_dir.display(), "edge started");
+
+    let (hot_tx, hot_rx) = mpsc::channel::<Committed>(65_536);
+    let (committed_tx, committed_rx) = watch::channel(wal.next_seq());
+    let (confirm_tx, confirm_rx) = mpsc::unbounded_channel();
+    let ship_stop = CancellationToken::new();
+    let shipper = Shipper {
+        kafka: config.kafka.clone(),
+        producer,
+        wal_dir,
+        max_record_bytes: options.max_record_bytes,
+        metrics: metrics.clone(),
+        start: ship_from,
+    };
+    let shipper = tokio::spawn(shipper.run(hot_rx, committed_rx, confirm_tx, ship_stop.clone(), Duration::from_secs(10)));
+    let policy = ValidationPolicy { max_clock_ahead: chrono::Duration::hours(config.max_clock_ahead_hours), ..ValidationPolicy::default() };
+    let pump = Pump { config, metrics: metrics.clone(), policy, dedup, wal: Some(wal), hot: hot_tx, committed: committed_tx };
+    let task = tokio::spawn(pump.run(confirm_rx, shipper, ship_stop, shutdown));
     Ok(RunningEdge { http_addr, metrics, task })
 }
 
-/// A message waiting for its Kafka confirmation before it may be acknowledged.
-type Pending = Pin<Box<dyn Future<Output = Publish> + Send>>;
+/// One classified message, waiting for its batch's group commit before it is acknowledged.
+struct Classified {
+    publish: Publish,
+    record: Option<Vec<u8>>,
+    ack: Option<(String, TerminalAck)>,
+    received: Instant,
+}
 
-async fn pump(config: EdgeConfig, producer: FutureProducer, metrics: EdgeMetrics, shutdown: CancellationToken) -> Result<(), EdgeError> {
-    let mut opts = MqttOptions::new(config.client_id(), config.mqtt.host.clone(), config.mqtt.port);
-    opts.set_clean_session(false)
-        .set_manual_acks(true)
-        .set_keep_alive(Duration::from_secs(config.mqtt.keepalive_secs))
-        .set_max_packet_size(config.mqtt.max_packet_bytes, config.mqtt.max_packet_bytes);
-    if let (Some(u), Some(p)) = (&config.mqtt.username, &config.mqtt.password) {
-        opts.set_credentials(u.clone(), p.clone());
-    }
-    let (client, eventloop) = AsyncClient::new(opts, 4096);
-    // Unbounded on purpose: the broker's in-flight window for this client bounds it, and a
-    // bounded channel here could block the event loop that must keep sending our acks.
-    let (tx, mut rx) = mpsc::unbounded_channel::<Publish>();
-    let loop_stop = CancellationToken::new();
-    let poller =
-        tokio::spawn(poll_mqtt(eventloop, client.clone(), city_subscription(&config.city), tx, metrics.clone(), loop_stop.clone()));
+enum TerminalAck {
+    Durable(uuid::Uuid),
+    Rejected(RejectedEvent),
+}
 
-    let policy = ValidationPolicy { max_clock_ahead: chrono::Duration::hours(config.max_clock_ahead_hours), ..ValidationPolicy::default() };
-    let mut dedup = DedupWindow::new(config.dedup_capacity);
-    let mut inflight: FuturesOrdered<Pending> = FuturesOrdered::new();
-    let mut stopping = false;
-    loop {
-        tokio::select! {
-            biased;
-            Some(publish) = inflight.next(), if !inflight.is_empty() => {
-                metrics.inflight_events.dec();
-                if let Err(e) = client.ack(&publish).await {
-                    tracing::warn!(error = %e, "could not queue MQTT ack; the broker will redeliver");
+/// MQTT → classify → WAL (group commit) → acks. Owns the WAL; the shipper reports confirmations.
+struct Pump {
+    config: EdgeConfig,
+    metrics: EdgeMetrics,
+    policy: ValidationPolicy,
+    dedup: DedupWindow,
+    /// `None` only while a blocking WAL call holds it.
+    wal: Option<Wal>,
+    hot: mpsc::Sender<Committed>,
+    committed: watch::Sender<u64>,
+}
+
+impl Pump {
+    async fn run(
+        mut self,
+        mut confirm_rx: mpsc::UnboundedReceiver<u64>,
+        shipper: tokio::task::JoinHandle<Result<(), EdgeError>>,
+        ship_stop: CancellationToken,
+        shutdown: CancellationToken,
+    ) -> Result<(), EdgeError> {
+        let mut opts = MqttOptions::new(self.config.client_id(), self.config.mqtt.host.clone(), self.config.mqtt.port);
+        opts.set_clean_session(false)
+            .set_manual_acks(true)
+            .set_keep_alive(Duration::from_secs(self.config.mqtt.keepalive_secs))
+            // Refused by the client before it allocates for a larger packet.
+            .set_max_packet_size(self.config.mqtt.max_packet_bytes, self.config.mqtt.max_packet_bytes);
+        if let (Some(u), Some(p)) = (&self.config.mqtt.username, &self.config.mqtt.password) {
+            opts.set_credentials(u.clone(), p.clone());
+        }
+        let (client, eventloop) = AsyncClient::new(opts, 8192);
+        // Unbounded on purpose: the broker's in-flight window for this client bounds it, and a
+        // bounded channel here could block the event loop that must keep sending our acks.
+        let (tx, mut rx) = mpsc::unbounded_channel::<Publish>();
+        let loop_stop = CancellationToken::new();
+        let poller = tokio::spawn(poll_mqtt(
+            eventloop,
+            client.clone(),
+            city_subscription(&self.config.city),
+            tx,
+            self.metrics.clone(),
+            loop_stop.clone(),
+        ));
+
+        let mut backlog: VecDeque<Publish> = VecDeque::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut full_since: Option<Instant> = None;
+        let mut result = Ok(());
+        let mut shipper = Some(shipper);
+        loop {
+            let full = !backlog.is_empty() && !self.has_room_for(backlog.front().expect("non-empty"));
+            if full != full_since.is_some() {
+                self.metrics.wal_full.set(i64::from(full));
+                if full {
+                    self.metrics.wal_full_waits.inc();
+                    let wal = self.wal.as_ref().expect("wal");
+                    tracing::warn!(
+                        bytes = wal.disk_bytes(),
+                        capacity = wal.max_bytes(),
+                        unconfirmed = wal.unconfirmed(),
+                        "WAL full: not acknowledging new events until Kafka confirms older ones"
+                    );
+                    full_since = Some(Instant::now());
+                } else if let Some(t) = full_since.take() {
+                    tracing::info!(after = ?t.elapsed(), "WAL has room again; acknowledging");
                 }
             }
-            msg = rx.recv(), if !stopping => match msg {
-                Some(publish) => {
-                    let pending = handle(&config, &producer, &metrics, &policy, &mut dedup, publish).await;
-                    metrics.inflight_events.inc();
-                    inflight.push_back(pending);
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                Some(seq) = confirm_rx.recv() => {
+                    let wal = self.wal.as_mut().expect("wal");
+                    wal.confirm(seq);
+                    while let Ok(seq) = confirm_rx.try_recv() {
+                        wal.confirm(seq);
+                    }
+                    if full {
+                        self.truncate().await?;
+                    }
                 }
-                None => stopping = true,
-            },
-            _ = shutdown.cancelled(), if !stopping => {
-                tracing::info!(inflight = inflight.len(), "edge stopping: draining Kafka deliveries");
-                stopping = true;
+                msg = rx.recv(), if !full => {
+                    let Some(first) = msg else { break };
+                    backlog.push_back(first);
+                    while backlog.len() < self.config.wal.max_batch {
+                        match rx.try_recv() {
+                            Ok(p) => backlog.push_back(p),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(e) = self.process(&mut backlog, &client).await {
+                        result = Err(e);
+                        break;
+                    }
+                }
+                _ = tick.tick() => {
+                    if !backlog.is_empty() && !full && let Err(e) = self.process(&mut backlog, &client).await {
+                        result = Err(e);
+                        break;
+                    }
+                    self.truncate().await?;
+                }
+                res = async { shipper.as_mut().expect("shipper").await }, if shipper.is_some() => {
+                    shipper = None;
+                    // The shipper only ends early on an error it cannot retry (a corrupt record).
+                    result = match res {
+                        Ok(Ok(())) => Err(EdgeError::Kafka("the Kafka shipper stopped unexpectedly".into())),
+                        Ok(Err(e)) => Err(e),
+                        Err(e) => Err(EdgeError::Kafka(format!("the Kafka shipper panicked: {e}"))),
+                    };
+                    break;
+                }
             }
         }
-        if stopping && inflight.is_empty() {
-            break;
+        tracing::info!(unacknowledged = backlog.len(), "edge stopping: messages not yet in the WAL stay with the broker");
+        // Let the event loop send the last acks, then leave cleanly.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let _ = client.try_disconnect();
+        loop_stop.cancel();
+        let _ = poller.await;
+        // Stop the shipper (it drains what it can) and record its last confirmations.
+        let Pump { hot, committed, mut wal, .. } = self;
+        drop((hot, committed));
+        ship_stop.cancel();
+        if let Some(s) = shipper {
+            match s.await {
+                Ok(Err(e)) if result.is_ok() => result = Err(e),
+                _ => {}
+            }
         }
+        if let Some(wal) = wal.as_mut() {
+            while let Ok(seq) = confirm_rx.try_recv() {
+                wal.confirm(seq);
+            }
+            wal.truncate()?;
+            tracing::info!(unconfirmed = wal.unconfirmed(), "edge stopped; unconfirmed WAL records are shipped at the next start");
+        }
+        result
     }
-    // Give the event loop a moment to send the last acks, then leave cleanly.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let _ = client.try_disconnect();
-    loop_stop.cancel();
-    let _ = poller.await;
-    Ok(())
+
+    fn has_room_for(&self, p: &Publish) -> bool {
+        self.wal.as_ref().expect("wal").has_room_for(p.payload.len() + RECORD_OVERHEAD)
+    }
+
+    /// Classifies as much of `backlog` as fits in the WAL, commits it as one batch, then
+    /// acknowledges the batch to the broker and to the terminals and hands it to the shipper.
+    async fn process(&mut self, backlog: &mut VecDeque<Publish>, client: &AsyncClient) -> Result<(), EdgeError> {
+        let mut budget = {
+            let wal = self.wal.as_ref().expect("wal");
+            wal.max_bytes().saturating_sub(wal.disk_bytes()) as usize
+        };
+        let mut batch = Vec::new();
+        while batch.len() < self.config.wal.max_batch {
+            let Some(front) = backlog.front() else { break };
+            let need = front.payload.len() + RECORD_OVERHEAD;
+            if need > budget {
+                break;
+            }
+            budget -= need;
+            let publish = backlog.pop_front().expect("front exists");
+            batch.push(self.classify(publish));
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<Option<Vec<u8>>> = batch.iter_mut().map(|c| c.record.take()).collect();
+        let mut wal = self.wal.take().expect("wal");
+        let (wal, records, seqs, took) = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let seqs = (|| {
+                let mut seqs = Vec::with_capacity(records.len());
+                for r in &records {
+                    seqs.push(r.as_deref().map(|b| wal.append(b)).transpose()?);
+                }
+                wal.commit()?;
+                Ok::<_, edubrain_wal::WalError>(seqs)
+            })();
+            (wal, records, seqs, started.elapsed())
+        })
+        .await
+        .map_err(|e| EdgeError::Wal(format!("WAL commit panicked: {e}")))?;
+        let next_seq = wal.next_seq();
+        self.wal = Some(wal);
+        // A failed write or fsync is fatal: nothing in this batch was acknowledged, so the broker
+        // redelivers it; carrying on could acknowledge what is not on disk.
+        let seqs = seqs?;
+        self.metrics.wal_fsync_duration.observe(took.as_secs_f64());
+        self.metrics.wal_commit_events.observe(batch.len() as f64);
+
+        let mut acks: BTreeMap<String, EdgeAck> = BTreeMap::new();
+        for ((c, seq), bytes) in batch.into_iter().zip(seqs).zip(records) {
+            if let Err(e) = client.ack(&c.publish).await {
+                tracing::warn!(error = %e, "could not queue MQTT ack; the broker will redeliver");
+            }
+            if let (Some(seq), Some(bytes)) = (seq, bytes) {
+                // Full channel: the shipper reads this record from disk instead.
+                let _ = self.hot.try_send((seq, Arc::new(bytes), Some(c.received)));
+            }
+            if let Some((topic, ack)) = c.ack {
+                let entry = acks.entry(topic).or_default();
+                match ack {
+                    TerminalAck::Durable(id) => entry.durable.push(id),
+                    TerminalAck::Rejected(r) => entry.rejected.push(r),
+                }
+            }
+        }
+        self.committed.send_replace(next_seq);
+        // QoS 0: a lost ack costs a resend, which the dedup window answers with another ack;
+        // QoS 1 would double the broker's per-message work for nothing.
+        for (topic, ack) in acks {
+            if client.publish(topic, QoS::AtMostOnce, false, ack.to_json()).await.is_ok() {
+                self.metrics.terminal_acks_published.inc();
+            }
+        }
+        self.update_gauges();
+        Ok(())
+    }
+
+    fn classify(&mut self, publish: Publish) -> Classified {
+        let m = &self.metrics;
+        m.messages_received.inc();
+        m.received_bytes.inc_by(publish.payload.len() as u64);
+        let received = Instant::now();
+        let now = Utc::now();
+        let received_ms = now.timestamp_millis().to_string();
+        let acks_topic = TerminalTopic::parse(&publish.topic).ok().map(|t| t.acks_topic());
+        let city = self.config.city.clone();
+        let (record, ack) = match classify(&city, &publish.topic, &publish.payload, now, &self.policy, &mut self.dedup) {
+            Outcome::Accept { event } => {
+                m.events_accepted.with_label_values(&[event.event_type().as_str()]).inc();
+                let record = WalRecord {
+                    destination: Destination::Events,
+                    event_id: Some(event.header.event_id.as_u128()),
+                    key: event.header.classroom.clone(),
+                    headers: vec![("edubrain.received_ms", received_ms), ("edubrain.edge_city", city)],
+                    payload: publish.payload.to_vec(),
+                };
+                (Some(record.encode()), Some(TerminalAck::Durable(event.header.event_id)))
+            }
+            Outcome::Duplicate { event_id } => {
+                m.events_duplicate.inc();
+                (None, Some(TerminalAck::Durable(event_id)))
+            }
+            Outcome::Reject(r) => {
+                m.events_rejected.with_label_values(&[r.rule]).inc();
+                tracing::warn!(topic = %publish.topic, field = %r.field, rule = r.rule, reason = %r.reason, "event rejected to dead-letter");
+                let ack = peek_event_id(&publish.payload)
+                    .map(|id| TerminalAck::Rejected(RejectedEvent { event_id: id, rule: r.rule.into(), reason: r.reason.clone() }));
+                // The raw bytes are kept exactly as received; the context travels in headers.
+                let record = WalRecord {
+                    destination: Destination::DeadLetter,
+                    event_id: None,
+                    key: city.clone(),
+                    headers: vec![
+                        ("edubrain.rule", r.rule.to_string()),
+                        ("edubrain.field", cut(&r.field)),
+                        ("edubrain.reason", cut(&r.reason)),
+                        ("edubrain.mqtt_topic", cut(&publish.topic)),
+                        ("edubrain.edge_city", city),
+                        ("edubrain.received_ms", received_ms),
+                    ],
+                    payload: publish.payload.to_vec(),
+                };
+                (Some(record.encode()), ack)
+            }
+        };
+        Classified { publish, record, ack: acks_topic.zip(ack), received }
+    }
+
+    async fn truncate(&mut self) -> Result<(), EdgeError> {
+        let mut wal = self.wal.take().expect("wal");
+        let (wal, r) = tokio::task::spawn_blocking(move || {
+            let r = wal.truncate();
+            (wal, r)
+        })
+        .await
+        .map_err(|e| EdgeError::Wal(format!("WAL truncation panicked: {e}")))?;
+        self.wal = Some(wal);
+        r?;
+        self.update_gauges();
+        Ok(())
+    }
+
+    fn update_gauges(&self) {
+        let wal = self.wal.as_ref().expect("wal");
+        self.metrics.wal_bytes.set(wal.disk_bytes() as i64);
+        self.metrics.wal_unconfirmed_records.set(wal.unconfirmed() as i64);
+    }
+}
+
+/// `s` cut to [`MAX_HEADER_VALUE`] bytes on a character boundary.
+fn cut(s: &str) -> String {
+    let mut end = s.len().min(MAX_HEADER_VALUE);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
 }
 
 async fn poll_mqtt(
@@ -199,104 +513,6 @@ async fn poll_mqtt(
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-}
-
-/// Classifies one message and starts its delivery; the returned future resolves (to the
-/// message, for acking) once Kafka has confirmed it.
-async fn handle(
-    config: &EdgeConfig,
-    producer: &FutureProducer,
-    metrics: &EdgeMetrics,
-    policy: &ValidationPolicy,
-    dedup: &mut DedupWindow,
-    publish: Publish,
-) -> Pending {
-    metrics.messages_received.inc();
-    metrics.received_bytes.inc_by(publish.payload.len() as u64);
-    let received = Utc::now();
-    let started = Instant::now();
-    let received_ms = received.timestamp_millis().to_string();
-    match classify(&config.city, &publish.topic, &publish.payload, received, policy, dedup) {
-        Outcome::Accept { event } => {
-            let event_type = event.event_type().as_str();
-            metrics.events_accepted.with_label_values(&[event_type]).inc();
-            let headers = OwnedHeaders::new()
-                .insert(Header { key: "edubrain.received_ms", value: Some(received_ms.as_str()) })
-                .insert(Header { key: "edubrain.edge_city", value: Some(config.city.as_str()) });
-            let out = Outgoing { topic: config.kafka.events_topic.clone(), key: event.header.classroom.clone(), headers };
-            deliver(producer.clone(), out, publish, metrics.clone(), started).await
-        }
-        Outcome::Duplicate => {
-            metrics.events_duplicate.inc();
-            Box::pin(std::future::ready(publish))
-        }
-        Outcome::Reject(r) => {
-            metrics.events_rejected.with_label_values(&[r.rule]).inc();
-            tracing::warn!(topic = %publish.topic, field = %r.field, rule = r.rule, reason = %r.reason, "event rejected to dead-letter");
-            // The raw bytes are kept exactly as received; the context travels in headers.
-            let headers = OwnedHeaders::new()
-                .insert(Header { key: "edubrain.rule", value: Some(r.rule) })
-                .insert(Header { key: "edubrain.field", value: Some(r.field.as_str()) })
-                .insert(Header { key: "edubrain.reason", value: Some(r.reason.as_str()) })
-                .insert(Header { key: "edubrain.mqtt_topic", value: Some(publish.topic.as_str()) })
-                .insert(Header { key: "edubrain.edge_city", value: Some(config.city.as_str()) })
-                .insert(Header { key: "edubrain.received_ms", value: Some(received_ms.as_str()) });
-            let out = Outgoing { topic: config.kafka.deadletter_topic.clone(), key: config.city.clone(), headers };
-            deliver(producer.clone(), out, publish, metrics.clone(), started).await
-        }
-    }
-}
-
-struct Outgoing {
-    topic: String,
-    key: String,
-    headers: OwnedHeaders,
-}
-
-/// Enqueues now (so librdkafka sees records in receive order) and returns a future that
-/// resolves when the record is confirmed. A failed delivery is produced again until it lands:
-/// the message is never acknowledged to MQTT before that.
-async fn deliver(producer: FutureProducer, out: Outgoing, publish: Publish, metrics: EdgeMetrics, started: Instant) -> Pending {
-    let first = enqueue(&producer, &out, &publish).await;
-    Box::pin(async move {
-        let mut pending = first;
-        loop {
-            match pending.await {
-                Ok(Ok(_)) => {
-                    metrics.kafka_delivered.with_label_values(&[out.topic.as_str()]).inc();
-                    metrics.delivery_latency.observe(started.elapsed().as_secs_f64());
-                    return publish;
-                }
-                Ok(Err((e, _))) => {
-                    metrics.kafka_delivery_errors.inc();
-                    tracing::warn!(error = %e, topic = %out.topic, "Kafka delivery failed; producing again");
-                }
-                Err(_) => {
-                    metrics.kafka_delivery_errors.inc();
-                    tracing::warn!(topic = %out.topic, "Kafka delivery report lost; producing again");
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            pending = enqueue(&producer, &out, &publish).await;
-        }
-    })
-}
-
-async fn enqueue(producer: &FutureProducer, out: &Outgoing, publish: &Publish) -> DeliveryFuture {
-    loop {
-        let record = FutureRecord::to(&out.topic).key(&out.key).payload(&publish.payload[..]).headers(out.headers.clone());
-        match producer.send_result(record) {
-            Ok(f) => return f,
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                // Backpressure: stop taking MQTT messages until librdkafka drains.
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            Err((e, _)) => {
-                tracing::error!(error = %e, topic = %out.topic, "could not enqueue record; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
     }

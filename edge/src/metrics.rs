@@ -13,7 +13,17 @@ pub struct EdgeMetrics {
     pub events_duplicate: IntCounter,
     pub kafka_delivered: IntCounterVec,
     pub kafka_delivery_errors: IntCounter,
-    pub inflight_events: IntGauge,
+    pub wal_bytes: IntGauge,
+    pub wal_capacity_bytes: IntGauge,
+    pub wal_unconfirmed_records: IntGauge,
+    pub wal_full: IntGauge,
+    pub wal_full_waits: IntCounter,
+    pub wal_fsync_duration: Histogram,
+    pub wal_commit_events: Histogram,
+    pub wal_replayed_records: IntCounter,
+    pub wal_damaged_bytes: IntCounter,
+    pub kafka_replays: IntCounter,
+    pub terminal_acks_published: IntCounter,
     pub mqtt_connected: IntGauge,
     pub mqtt_subscribed: IntGauge,
     pub mqtt_connection_errors: IntCounter,
@@ -40,12 +50,17 @@ impl EdgeMetrics {
             registry.register(Box::new(g.clone())).expect("unique metric");
             g
         };
-        let delivery_latency = Histogram::with_opts(
-            HistogramOpts::new("kafka_delivery_latency_seconds", "Time from MQTT receipt to Kafka delivery report (acks=all)")
-                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
-        )
-        .expect("valid metric");
-        registry.register(Box::new(delivery_latency.clone())).expect("unique metric");
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric");
+            registry.register(Box::new(h.clone())).expect("unique metric");
+            h
+        };
+        let seconds = vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+        let delivery_latency = histogram(
+            "kafka_delivery_latency_seconds",
+            "Time from MQTT receipt to Kafka delivery report (acks=all), for records shipped from this process's own WAL writes",
+            seconds.clone(),
+        );
         Self {
             messages_received: counter("mqtt_messages_received_total", "MQTT messages received from terminals"),
             received_bytes: counter("mqtt_received_bytes_total", "Payload bytes received from terminals"),
@@ -54,7 +69,27 @@ impl EdgeMetrics {
             events_duplicate: counter("events_duplicate_total", "Resent or redelivered events dropped by the dedup window"),
             kafka_delivered: counter_vec("kafka_delivered_total", "Records confirmed by Kafka (acks=all)", &["topic"]),
             kafka_delivery_errors: counter("kafka_delivery_errors_total", "Failed deliveries (retried until they succeed)"),
-            inflight_events: gauge("inflight_events", "Events received but not yet confirmed by Kafka (not yet acked to MQTT)"),
+            wal_bytes: gauge("wal_bytes", "Bytes of WAL segments on disk"),
+            wal_capacity_bytes: gauge("wal_capacity_bytes", "WAL capacity; at this size the edge stops acknowledging"),
+            wal_unconfirmed_records: gauge("wal_unconfirmed_records", "Records in the WAL not yet confirmed by Kafka"),
+            wal_full: gauge("wal_full", "1 while the WAL is full and the edge has stopped acknowledging new events"),
+            wal_full_waits: counter("wal_full_waits_total", "Times the edge stopped acknowledging because its WAL was full"),
+            wal_fsync_duration: histogram("wal_fsync_duration_seconds", "Duration of one WAL group commit (write + fdatasync)", seconds),
+            wal_commit_events: histogram(
+                "wal_commit_events",
+                "Messages per WAL group commit",
+                vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0],
+            ),
+            wal_replayed_records: counter("wal_replayed_records_total", "Unconfirmed WAL records found at start-up and shipped again"),
+            wal_damaged_bytes: counter(
+                "wal_damaged_bytes_total",
+                "WAL bytes that failed their checksum at start-up (saved under damaged/)",
+            ),
+            kafka_replays: counter(
+                "kafka_replays_total",
+                "Times shipping restarted from the oldest unconfirmed WAL record after a delivery failure",
+            ),
+            terminal_acks_published: counter("terminal_acks_published_total", "Application-level acks published to terminals"),
             mqtt_connected: gauge("mqtt_connected", "1 while the edge's MQTT session is up"),
             mqtt_subscribed: gauge(
                 "mqtt_subscribed",

@@ -1,7 +1,8 @@
 //! The edge process is killed with SIGKILL while terminals publish, then started again. Every
 //! event the terminals created still reaches the warehouse exactly once: the broker kept what
-//! the edge had not acknowledged (acks follow Kafka's confirmation), and redelivered events that
-//! Kafka already had are dropped by `event_id` in the cloud.
+//! the edge had not acknowledged, the edge's WAL replayed what it had acknowledged but Kafka had
+//! not confirmed, the terminals' outboxes resent what no ack came for, and repeats are dropped by
+//! `event_id` at the edge and in the cloud.
 
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
@@ -54,7 +55,7 @@ async fn edge_kill_9_loses_nothing_and_duplicates_nothing() {
     let cloud = edubrain_cloud::start(cloud_config, shutdown.clone()).await.unwrap();
 
     let config = dir.path().join("edge.toml");
-    std::fs::write(&config, "city = \"c01\"\n").unwrap();
+    std::fs::write(&config, format!("city = \"c01\"\n[wal]\ndir = {:?}\n", dir.path().join("edge-wal"))).unwrap();
     let log = dir.path().join("edge.log");
     let edge = spawn_edge(&config, mosquitto.port, &tansu.bootstrap(), &log);
     // The first start creates the persistent session; wait until it is subscribed.
@@ -69,11 +70,14 @@ async fn edge_kill_9_loses_nothing_and_duplicates_nothing() {
     let day_start = edubrain_agent::local_time(sim.first_day, 7, 30);
     let span = (edubrain_agent::local_time(sim.first_day, 18, 0) - day_start).num_seconds() as f64;
     let pacing = Pacing { sim_start: day_start, wall_start: tokio::time::Instant::now(), speed: span / 5.0 };
-    let target = MqttTarget { host: "127.0.0.1".into(), port: mosquitto.port };
+    let target = MqttTarget::new("127.0.0.1", mosquitto.port);
     let progress = Arc::new(PublishProgress::default());
     let publisher = {
-        let (events, progress, shutdown) = (events.clone(), progress.clone(), shutdown.clone());
-        tokio::spawn(async move { edubrain_agent::publish_all(&target, events, pacing, progress, shutdown).await })
+        let (events, progress, shutdown, dir) = (events.clone(), progress.clone(), shutdown.clone(), dir.path().to_path_buf());
+        tokio::spawn(async move {
+            let outbox = dir.join("outbox");
+            edubrain_agent::publish_all_durable(&target, events, pacing, &outbox, &Default::default(), progress, shutdown).await
+        })
     };
 
     // Kill the edge mid-stream: 30% of the day published and some of it already delivered.

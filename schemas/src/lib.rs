@@ -1,5 +1,6 @@
 //! The edubrain event contract, shared by terminals, edges and the cloud.
 //!
+//! - [`ack`]: the edge's application-level ack to a terminal (durable / rejected event ids).
 //! - [`dedup`]: bounded window of recently seen event ids.
 //! - [`event`]: the versioned envelope and typed payloads; JSON wire decode/encode.
 //! - [`validate`]: rules beyond decoding (ids, plausible clocks, ranges, pseudonymised students).
@@ -11,6 +12,7 @@
 //!
 //! Pure: no I/O beyond reading and writing what the caller hands in; time is passed in.
 
+pub mod ack;
 pub mod dedup;
 pub mod event;
 pub mod json_schema;

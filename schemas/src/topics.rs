@@ -32,6 +32,11 @@ impl TerminalTopic {
         format!("{MQTT_PREFIX}/{}/{}/{}/{}/events", self.city, self.school, self.classroom, self.terminal)
     }
 
+    /// The topic the edge acknowledges this terminal's events on (see [`crate::ack`]).
+    pub fn acks_topic(&self) -> String {
+        format!("{MQTT_PREFIX}/{}/{}/{}/{}/acks", self.city, self.school, self.classroom, self.terminal)
+    }
+
     /// Parses an events topic; errors say which segment is wrong.
     pub fn parse(topic: &str) -> Result<Self, SchemaError> {
         let bad = |message: String| SchemaError::Invalid { field: "mqtt_topic".into(), rule: "topic_scheme", message };

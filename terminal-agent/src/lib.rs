@@ -2,9 +2,11 @@
 //!
 //! - [`province`]: builds a realistic province (registry, classrooms, teachers, resources) from a seed.
 //! - [`simulate`]: pure simulation of a school week's events, time and seed passed in.
+//! - [`outbox`]: the durable outbox; events leave it only when the edge acks them.
 //! - [`publisher`]: publishes a terminal's events over MQTT QoS 1, paced to simulated time.
 //! - [`run`]: simulate a province and publish every terminal's events (the `simulate` command).
 
+pub mod outbox;
 pub mod province;
 pub mod publisher;
 pub mod simulate;
@@ -35,6 +37,12 @@ pub enum AgentError {
     },
     #[error("registry: {0}")]
     Registry(#[from] edubrain_schemas::SchemaError),
+    #[error(
+        "outbox {dir} is full: {disk_bytes} of {max_bytes} bytes hold events the edge has not acknowledged; new events are refused until it does"
+    )]
+    OutboxFull { dir: String, disk_bytes: u64, max_bytes: u64 },
+    #[error("outbox: {0}")]
+    Outbox(String),
     #[error("config {path}: {message}")]
     Config { path: String, message: String },
 }
@@ -53,18 +61,24 @@ pub struct SimulatorConfig {
     pub speed: f64,
     /// Where to write the registry CSV the simulation used.
     pub registry_out: Option<PathBuf>,
+    /// Root of the terminals' durable outboxes (one directory per terminal). Without it events
+    /// are only as safe as the broker's PUBACK; the agent says so at start.
+    pub outbox_dir: Option<PathBuf>,
+    pub outbox: outbox::OutboxConfig,
 }
 
 impl Default for SimulatorConfig {
     fn default() -> Self {
         Self {
-            mqtt: MqttTarget { host: "127.0.0.1".into(), port: 1883 },
+            mqtt: MqttTarget::new("127.0.0.1", 1883),
             province: ProvinceSpec::default(),
             first_day: None,
             school_days: 5,
             heartbeat_minutes: 15,
             speed: 0.0,
             registry_out: None,
+            outbox_dir: None,
+            outbox: outbox::OutboxConfig::default(),
         }
     }
 }
@@ -122,6 +136,35 @@ pub async fn publish_all(
     Ok(RunSummary { terminals, created, acked })
 }
 
+/// Publishes `events` from one MQTT connection per terminal, concurrently, each through its
+/// durable outbox under `outbox_root/{terminal}`; returns when the edge acknowledged every event.
+pub async fn publish_all_durable(
+    target: &MqttTarget,
+    events: Vec<Event>,
+    pacing: Pacing,
+    outbox_root: &std::path::Path,
+    outbox_config: &outbox::OutboxConfig,
+    progress: Arc<PublishProgress>,
+    shutdown: CancellationToken,
+) -> Result<RunSummary, AgentError> {
+    let created = events.len() as u64;
+    let groups = by_terminal(events);
+    let terminals = groups.len();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (terminal, (topic, evs)) in groups {
+        let outbox = outbox::Outbox::open(&outbox_root.join(&terminal), outbox_config)?;
+        let target = target.clone();
+        let progress = progress.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move { publisher::publish_terminal_durable(&target, &topic, &evs, pacing, outbox, progress, shutdown).await });
+    }
+    let mut acked = 0;
+    while let Some(res) = tasks.join_next().await {
+        acked += res.map_err(|e| AgentError::Mqtt(format!("terminal task: {e}")))??;
+    }
+    Ok(RunSummary { terminals, created, acked })
+}
+
 /// Builds the province, writes its registry, simulates and publishes.
 pub async fn run(config: SimulatorConfig, progress: Arc<PublishProgress>, shutdown: CancellationToken) -> Result<RunSummary, AgentError> {
     let province = province::build(&config.province);
@@ -137,7 +180,13 @@ pub async fn run(config: SimulatorConfig, progress: Arc<PublishProgress>, shutdo
         .with_timezone(&Utc);
     let speed = if config.speed <= 0.0 { f64::INFINITY } else { config.speed };
     let pacing = Pacing { sim_start, wall_start: tokio::time::Instant::now(), speed };
-    publish_all(&config.mqtt, events, pacing, progress, shutdown).await
+    match &config.outbox_dir {
+        Some(root) => publish_all_durable(&config.mqtt, events, pacing, root, &config.outbox, progress, shutdown).await,
+        None => {
+            tracing::warn!("no outbox_dir configured: events are only as safe as the broker's PUBACK");
+            publish_all(&config.mqtt, events, pacing, progress, shutdown).await
+        }
+    }
 }
 
 /// Writes the province's registry CSV (creating parent directories).

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use edubrain_schemas::Event;
+use edubrain_schemas::ack::EdgeAck;
 use edubrain_schemas::topics::TerminalTopic;
 use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
 use tokio::time::Instant;
@@ -21,6 +22,15 @@ use crate::AgentError;
 pub struct MqttTarget {
     pub host: String,
     pub port: u16,
+    /// Username and password, when the broker requires them.
+    #[serde(default)]
+    pub credentials: Option<(String, String)>,
+}
+
+impl MqttTarget {
+    pub fn new(host: &str, port: u16) -> Self {
+        Self { host: host.into(), port, credentials: None }
+    }
 }
 
 /// Maps simulated time onto wall time.
@@ -49,6 +59,12 @@ pub struct PublishProgress {
     pub acked: AtomicU64,
     pub connections: AtomicU64,
     pub reconnects: AtomicU64,
+    /// Events the edge refused (dead-lettered), as told by its acks.
+    pub rejected: AtomicU64,
+    /// Unacknowledged events sent again.
+    pub resent: AtomicU64,
+    /// Times a terminal's outbox was full and it waited.
+    pub outbox_full: AtomicU64,
 }
 
 impl PublishProgress {
@@ -160,4 +176,180 @@ pub async fn publish_raw(target: &MqttTarget, client_id: &str, topic: &str, payl
     sender.await.map_err(|e| AgentError::Mqtt(e.to_string()))?.map_err(|e| AgentError::Mqtt(e.to_string()))?;
     let _ = client.try_disconnect();
     Ok(())
+}
+
+/// What the loop that polls a terminal's MQTT connection tells the terminal.
+enum FromBroker {
+    Connected,
+    Ack(Vec<u8>),
+}
+
+/// A factor in [0.5, 1): std's per-instance random hasher keys are the randomness, so no RNG
+/// needs seeding for this.
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let h = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    0.5 + (h >> 11) as f64 / (1u64 << 53) as f64 * 0.5
+}
+
+/// How often unacknowledged events are checked for a resend.
+const RESEND_CHECK: Duration = Duration::from_millis(500);
+
+/// Publishes one terminal's events through its durable outbox: each event is fsynced to the
+/// outbox when it is created (at its simulated time), then published; it leaves the outbox only
+/// when the edge's ack says it is in the edge's WAL, and is resent until then. Returns when
+/// every event was created and acknowledged by the edge, or at shutdown (what is left stays in
+/// the outbox for the next run).
+pub async fn publish_terminal_durable(
+    target: &MqttTarget,
+    topic: &TerminalTopic,
+    events: &[Event],
+    pacing: Pacing,
+    outbox: crate::outbox::Outbox,
+    progress: Arc<PublishProgress>,
+    shutdown: CancellationToken,
+) -> Result<u64, AgentError> {
+    let mut opts = MqttOptions::new(topic.terminal.clone(), target.host.clone(), target.port);
+    opts.set_keep_alive(Duration::from_secs(20));
+    opts.set_clean_session(true);
+    opts.set_inflight(64);
+    opts.set_max_packet_size(64 * 1024, 64 * 1024);
+    if let Some((user, password)) = &target.credentials {
+        opts.set_credentials(user.clone(), password.clone());
+    }
+    let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+    let events_topic = topic.events_topic();
+    let acks_topic = topic.acks_topic();
+    let outbox = Arc::new(std::sync::Mutex::new(outbox));
+
+    // The event loop is polled continuously (keepalives, acks) whatever the publisher does.
+    let (to_terminal, mut from_broker) = tokio::sync::mpsc::unbounded_channel();
+    let poller = {
+        let (client, acks_topic, progress, stop) = (client.clone(), acks_topic.clone(), progress.clone(), shutdown.child_token());
+        let stop_guard = stop.clone();
+        let handle = tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let ev = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    ev = eventloop.poll() => ev,
+                };
+                match ev {
+                    Ok(MqttEvent::Incoming(Packet::Publish(p))) if p.topic == acks_topic => {
+                        let _ = to_terminal.send(FromBroker::Ack(p.payload.to_vec()));
+                    }
+                    Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
+                        progress.connections.fetch_add(1, Ordering::Relaxed);
+                        backoff = Duration::from_millis(100);
+                        if let Err(e) = client.try_subscribe(acks_topic.clone(), QoS::AtMostOnce) {
+                            tracing::warn!(error = %e, "could not subscribe to the acks topic");
+                        }
+                        let _ = to_terminal.send(FromBroker::Connected);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "terminal connection error; reconnecting");
+                        progress.reconnects.fetch_add(1, Ordering::Relaxed);
+                        // Full jitter, so a hub's terminals do not all come back at once.
+                        let wait = backoff.mul_f64(jitter());
+                        tokio::select! {
+                            _ = stop.cancelled() => break,
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                }
+            }
+        });
+        (handle, stop_guard)
+    };
+
+    let send = |items: Vec<(uuid::Uuid, Arc<Vec<u8>>)>| {
+        let mut sent = 0u64;
+        for (_, payload) in items {
+            // Never wait on the client here: a full request queue (broker away) just means the
+            // event stays in the outbox and goes out with the next resend.
+            if client.try_publish(events_topic.as_str(), QoS::AtLeastOnce, false, payload.to_vec()).is_ok() {
+                sent += 1;
+            }
+        }
+        sent
+    };
+
+    let mut next = 0usize;
+    let mut acked = 0u64;
+    let mut connected = false;
+    let mut resend = tokio::time::interval(RESEND_CHECK);
+    let mut full_logged = false;
+    let result = loop {
+        if next == events.len() && outbox.lock().expect("outbox lock").is_empty() {
+            break Ok(acked);
+        }
+        let due_at = events.get(next).map(|e| pacing.due(e.header.event_time));
+        tokio::select! {
+            _ = shutdown.cancelled() => break Ok(acked),
+            _ = async { tokio::time::sleep_until(due_at.expect("guarded")).await }, if due_at.is_some() => {
+                let now = Instant::now();
+                let mut batch = Vec::new();
+                while let Some(e) = events.get(next).filter(|e| pacing.due(e.header.event_time) <= now) {
+                    batch.push((e.header.event_id, e.to_json()));
+                    next += 1;
+                }
+                let n = batch.len();
+                let ob = outbox.clone();
+                let written = tokio::task::spawn_blocking(move || ob.lock().expect("outbox lock").push(&batch))
+                    .await
+                    .map_err(|e| AgentError::Outbox(format!("outbox write panicked: {e}")))??;
+                if written.len() < n {
+                    // Full: keep the refused events (the simulator's classroom waits) and retry.
+                    next -= n - written.len();
+                    progress.outbox_full.fetch_add(1, Ordering::Relaxed);
+                    if !full_logged {
+                        tracing::warn!(error = %outbox.lock().expect("outbox lock").full_error(), "outbox full; waiting for acks");
+                        full_logged = true;
+                    }
+                    tokio::time::sleep(RESEND_CHECK).await;
+                }
+                progress.published.fetch_add(written.len() as u64, Ordering::Relaxed);
+                if connected {
+                    let ids: Vec<_> = written.iter().map(|(id, _)| *id).collect();
+                    send(written);
+                    outbox.lock().expect("outbox lock").mark_sent(ids, Instant::now().into_std());
+                }
+            }
+            Some(msg) = from_broker.recv() => match msg {
+                FromBroker::Connected => {
+                    connected = true;
+                    // A new session holds none of the old in-flight messages: all are due.
+                    outbox.lock().expect("outbox lock").reset_sent();
+                    resend.reset_immediately();
+                }
+                FromBroker::Ack(bytes) => match EdgeAck::from_json(&bytes) {
+                    Ok(ack) => {
+                        let ob = outbox.clone();
+                        let outcome = tokio::task::spawn_blocking(move || ob.lock().expect("outbox lock").ack(&ack))
+                            .await
+                            .map_err(|e| AgentError::Outbox(format!("outbox ack panicked: {e}")))??;
+                        let n = (outcome.durable + outcome.rejected) as u64;
+                        acked += n;
+                        progress.acked.fetch_add(n, Ordering::Relaxed);
+                        progress.rejected.fetch_add(outcome.rejected as u64, Ordering::Relaxed);
+                        full_logged = false;
+                    }
+                    Err(e) => tracing::warn!(error = %e, topic = %acks_topic, "unreadable ack from the edge; ignored"),
+                },
+            },
+            _ = resend.tick(), if connected => {
+                let due = outbox.lock().expect("outbox lock").due(Instant::now().into_std(), 256);
+                let sent = send(due);
+                if sent > 0 {
+                    progress.resent.fetch_add(sent, Ordering::Relaxed);
+                }
+            }
+        }
+    };
+    poller.1.cancel();
+    let _ = poller.0.await;
+    let _ = client.try_disconnect();
+    result
 }

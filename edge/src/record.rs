@@ -1,0 +1,145 @@
+//! What the edge writes to its WAL per accepted or rejected message: everything needed to
+//! produce the Kafka record after a restart, without the MQTT message. Pure encode/decode.
+//!
+//! Layout (little endian): `version u8 | destination u8 | has_id u8 | event_id [16] |
+//! key_len u16 | key | header_count u8 | (name_len u8 | name | value_len u16 | value)* | payload`.
+
+use crate::EdgeError;
+
+const VERSION: u8 = 1;
+
+/// Which Kafka topic a record goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    Events,
+    DeadLetter,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalRecord {
+    pub destination: Destination,
+    /// Set for accepted events, so a restart can refill the dedup window.
+    pub event_id: Option<u128>,
+    pub key: String,
+    pub headers: Vec<(&'static str, String)>,
+    /// The MQTT payload, byte for byte.
+    pub payload: Vec<u8>,
+}
+
+/// Header names the edge writes; decoding maps them back to these statics.
+pub const HEADER_NAMES: [&str; 6] =
+    ["edubrain.received_ms", "edubrain.edge_city", "edubrain.rule", "edubrain.field", "edubrain.reason", "edubrain.mqtt_topic"];
+
+impl WalRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.key.len() + self.payload.len());
+        out.push(VERSION);
+        out.push(match self.destination {
+            Destination::Events => 0,
+            Destination::DeadLetter => 1,
+        });
+        out.push(u8::from(self.event_id.is_some()));
+        out.extend_from_slice(&self.event_id.unwrap_or(0).to_le_bytes());
+        push_str16(&mut out, &self.key);
+        out.push(self.headers.len() as u8);
+        for (name, value) in &self.headers {
+            out.push(name.len() as u8);
+            out.extend_from_slice(name.as_bytes());
+            push_str16(&mut out, value);
+        }
+        out.extend_from_slice(&self.payload);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, EdgeError> {
+        let mut r = Reader { bytes, pos: 0 };
+        let version = r.u8()?;
+        if version != VERSION {
+            return Err(EdgeError::Wal(format!("record version {version} is not {VERSION}")));
+        }
+        let destination = match r.u8()? {
+            0 => Destination::Events,
+            1 => Destination::DeadLetter,
+            d => return Err(EdgeError::Wal(format!("unknown destination {d}"))),
+        };
+        let has_id = r.u8()? == 1;
+        let id = u128::from_le_bytes(r.take(16)?.try_into().expect("16 bytes"));
+        let key = r.str16()?;
+        let count = r.u8()?;
+        let mut headers = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let n = r.u8()? as usize;
+            let name = std::str::from_utf8(r.take(n)?).map_err(|_| EdgeError::Wal("header name is not UTF-8".into()))?;
+            let name = HEADER_NAMES.iter().find(|h| **h == name).ok_or_else(|| EdgeError::Wal(format!("unknown header {name:?}")))?;
+            headers.push((*name, r.str16()?));
+        }
+        let payload = bytes[r.pos..].to_vec();
+        Ok(Self { destination, event_id: has_id.then_some(id), key, headers, payload })
+    }
+}
+
+fn push_str16(out: &mut Vec<u8>, s: &str) {
+    // Keys and header values are ids and short reasons; cut (on a char boundary) rather than fail.
+    let mut end = s.len().min(u16::MAX as usize);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.extend_from_slice(&(end as u16).to_le_bytes());
+    out.extend_from_slice(&s.as_bytes()[..end]);
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], EdgeError> {
+        let s = self.bytes.get(self.pos..self.pos + n).ok_or_else(|| EdgeError::Wal(format!("record ends early at byte {}", self.pos)))?;
+        self.pos += n;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, EdgeError> {
+        Ok(self.take(1)?[0])
+    }
+    fn str16(&mut self) -> Result<String, EdgeError> {
+        let n = u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")) as usize;
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| EdgeError::Wal(format!("string before byte {} is not UTF-8", self.pos)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn records_round_trip(
+            dead in any::<bool>(),
+            id in any::<Option<u128>>(),
+            key in "[a-z0-9-]{0,40}",
+            values in proptest::collection::vec(".{0,60}", 0..6),
+            payload in proptest::collection::vec(any::<u8>(), 0..500),
+        ) {
+            let headers = values.into_iter().enumerate().map(|(i, v)| (HEADER_NAMES[i], v)).collect();
+            let r = WalRecord {
+                destination: if dead { Destination::DeadLetter } else { Destination::Events },
+                event_id: id, key, headers, payload,
+            };
+            prop_assert_eq!(WalRecord::decode(&r.encode()).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn truncated_or_foreign_records_are_errors_not_panics() {
+        let r = WalRecord { destination: Destination::Events, event_id: None, key: "r1".into(), headers: vec![], payload: b"{}".to_vec() };
+        let bytes = r.encode();
+        for cut in 0..22 {
+            assert!(WalRecord::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut v2 = bytes.clone();
+        v2[0] = 9;
+        assert_eq!(WalRecord::decode(&v2).unwrap_err().to_string(), "WAL: record version 9 is not 1");
+    }
+}

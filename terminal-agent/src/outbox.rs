@@ -1,0 +1,282 @@
+//! The classroom device's durable outbox. An event is written here (fsynced) before it is
+//! first published, and deleted only when the edge's application-level ack
+//! ([`edubrain_schemas::ack::EdgeAck`]) says the edge has it in its WAL. An MQTT PUBACK is not
+//! enough: the broker can still lose a message it acknowledged.
+//!
+//! Policy when full (`max_bytes` on disk): new events are refused with [`AgentError::OutboxFull`]
+//! and the oldest are kept, because the oldest were already promised to the school; callers
+//! wait (the simulator) or pass the refusal on (the local ingest API answers 507).
+//!
+//! Resends: an event not acknowledged within `resend_after` of its last send is sent again, in
+//! creation order; the same `event_id` lets the edge drop the duplicate and ack it again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edubrain_schemas::ack::{EdgeAck, peek_event_id};
+use edubrain_wal::{Wal, WalError, WalOptions};
+use uuid::Uuid;
+
+use crate::AgentError;
+
+/// Outbox sizes and timing.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxConfig {
+    /// Disk the outbox may use; about 400 bytes per event, so the default holds ~160k events
+    /// (months of one classroom's events at the simulated rate).
+    pub max_bytes: u64,
+    pub segment_bytes: u64,
+    /// Resend an unacknowledged event after this long.
+    pub resend_after_ms: u64,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self { max_bytes: 64 << 20, segment_bytes: 1 << 20, resend_after_ms: 15_000 }
+    }
+}
+
+impl OutboxConfig {
+    fn options(&self) -> WalOptions {
+        // The broker refuses messages over 64 KiB (deploy/mosquitto), so no event is larger.
+        let max_record_bytes = (64 * 1024).min(self.segment_bytes.saturating_sub(16)) as u32;
+        WalOptions { segment_bytes: self.segment_bytes, max_bytes: self.max_bytes, max_record_bytes }
+    }
+}
+
+#[derive(Debug)]
+struct Pending {
+    event_id: Uuid,
+    payload: Arc<Vec<u8>>,
+    last_sent: Option<Instant>,
+}
+
+/// What an ack did to the outbox.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct AckOutcome {
+    pub durable: usize,
+    pub rejected: usize,
+}
+
+#[derive(Debug)]
+pub struct Outbox {
+    wal: Wal,
+    pending: BTreeMap<u64, Pending>,
+    by_id: HashMap<Uuid, u64>,
+    resend_after: Duration,
+}
+
+fn wal_err(dir: &Path) -> impl FnOnce(WalError) -> AgentError + '_ {
+    move |e| match e {
+        WalError::Full { disk_bytes, max_bytes, .. } => AgentError::OutboxFull { dir: dir.display().to_string(), disk_bytes, max_bytes },
+        e => AgentError::Outbox(e.to_string()),
+    }
+}
+
+impl Outbox {
+    /// Opens the outbox in `dir`; events left from a previous run are pending again (they are
+    /// resent first, in their original order).
+    pub fn open(dir: &Path, config: &OutboxConfig) -> Result<Outbox, AgentError> {
+        let (wal, recovered) = Wal::open(dir, config.options()).map_err(wal_err(dir))?;
+        let mut outbox =
+            Outbox { wal, pending: BTreeMap::new(), by_id: HashMap::new(), resend_after: Duration::from_millis(config.resend_after_ms) };
+        for (seq, payload) in recovered.records {
+            let Some(event_id) = peek_event_id(&payload) else {
+                // Only validated events are ever written; keep it on disk and say so.
+                tracing::error!(seq, dir = %dir.display(), "outbox record without an event_id; left in place");
+                continue;
+            };
+            outbox.by_id.insert(event_id, seq);
+            outbox.pending.insert(seq, Pending { event_id, payload: Arc::new(payload), last_sent: None });
+        }
+        Ok(outbox)
+    }
+
+    /// Writes `events` (validated, encoded events with their ids) durably, with one fsync for
+    /// the batch, and returns those written. Fewer than given means the outbox is full: the
+    /// rest were refused (see the module's policy) and [`Outbox::is_full_for`] says when there
+    /// is room again.
+    pub fn push(&mut self, events: &[(Uuid, Vec<u8>)]) -> Result<Vec<(Uuid, Arc<Vec<u8>>)>, AgentError> {
+        let dir = self.wal.dir().to_path_buf();
+        let mut written = Vec::with_capacity(events.len());
+        for (id, payload) in events {
+            if self.by_id.contains_key(id) {
+                continue; // already pending: the same event handed in twice
+            }
+            match self.wal.append(payload) {
+                Ok(seq) => {
+                    let payload = Arc::new(payload.clone());
+                    self.by_id.insert(*id, seq);
+                    self.pending.insert(seq, Pending { event_id: *id, payload: payload.clone(), last_sent: None });
+                    written.push((*id, payload));
+                }
+                Err(WalError::Full { .. }) => break,
+                Err(e) => return Err(wal_err(&dir)(e)),
+            }
+        }
+        self.wal.commit().map_err(wal_err(&dir))?;
+        Ok(written)
+    }
+
+    /// Whether an event of `len` bytes would be refused now.
+    pub fn is_full_for(&self, len: usize) -> bool {
+        !self.wal.has_room_for(len)
+    }
+
+    /// The error to report when an event is refused because the outbox is full.
+    pub fn full_error(&self) -> AgentError {
+        AgentError::OutboxFull {
+            dir: self.wal.dir().display().to_string(),
+            disk_bytes: self.wal.disk_bytes(),
+            max_bytes: self.wal.max_bytes(),
+        }
+    }
+
+    /// Marks `ids` as sent now.
+    pub fn mark_sent(&mut self, ids: impl IntoIterator<Item = Uuid>, now: Instant) {
+        for id in ids {
+            if let Some(p) = self.by_id.get(&id).and_then(|s| self.pending.get_mut(s)) {
+                p.last_sent = Some(now);
+            }
+        }
+    }
+
+    /// Applies an edge ack: acknowledged and rejected events leave the outbox.
+    pub fn ack(&mut self, ack: &EdgeAck) -> Result<AckOutcome, AgentError> {
+        let mut out = AckOutcome::default();
+        for id in &ack.durable {
+            if self.remove(id) {
+                out.durable += 1;
+            }
+        }
+        for r in &ack.rejected {
+            if self.remove(&r.event_id) {
+                tracing::warn!(event_id = %r.event_id, rule = %r.rule, reason = %r.reason, "the edge rejected an event (kept in its dead-letter topic)");
+                out.rejected += 1;
+            }
+        }
+        if out.durable + out.rejected > 0 {
+            let dir = self.wal.dir().to_path_buf();
+            self.wal.truncate().map_err(wal_err(&dir))?;
+        }
+        Ok(out)
+    }
+
+    fn remove(&mut self, id: &Uuid) -> bool {
+        let Some(seq) = self.by_id.remove(id) else { return false };
+        self.pending.remove(&seq);
+        self.wal.confirm(seq);
+        true
+    }
+
+    /// Events never sent, or sent more than `resend_after` ago, oldest first (at most `max`);
+    /// they are marked as sent at `now`.
+    pub fn due(&mut self, now: Instant, max: usize) -> Vec<(Uuid, Arc<Vec<u8>>)> {
+        let mut out = Vec::new();
+        for p in self.pending.values_mut() {
+            if out.len() >= max {
+                break;
+            }
+            if p.last_sent.is_none_or(|t| now.duration_since(t) >= self.resend_after) {
+                p.last_sent = Some(now);
+                out.push((p.event_id, p.payload.clone()));
+            }
+        }
+        out
+    }
+
+    /// Forgets when events were sent, so all are due (after a reconnect: a new session has
+    /// none of the old in-flight messages).
+    pub fn reset_sent(&mut self) {
+        self.pending.values_mut().for_each(|p| p.last_sent = None);
+    }
+
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    pub fn disk_bytes(&self) -> u64 {
+        self.wal.disk_bytes()
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.wal.dir().to_path_buf()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edubrain_schemas::ack::RejectedEvent;
+
+    fn ev(i: u128) -> (Uuid, Vec<u8>) {
+        let id = Uuid::from_u128(i);
+        (id, format!(r#"{{"event_id":"{id}","type":"bandwidth_sampled"}}"#).into_bytes())
+    }
+
+    fn config() -> OutboxConfig {
+        OutboxConfig { max_bytes: 3 * 4096, segment_bytes: 4096, resend_after_ms: 1000 }
+    }
+
+    #[test]
+    fn events_stay_until_the_edge_acks_them_even_across_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = Outbox::open(dir.path(), &config()).unwrap();
+        o.push(&(1..=5).map(ev).collect::<Vec<_>>()).unwrap();
+        o.ack(&EdgeAck { durable: vec![Uuid::from_u128(2)], rejected: vec![] }).unwrap();
+        let outcome = o
+            .ack(&EdgeAck {
+                durable: vec![Uuid::from_u128(2), Uuid::from_u128(99)],
+                rejected: vec![RejectedEvent { event_id: Uuid::from_u128(4), rule: "range".into(), reason: "r".into() }],
+            })
+            .unwrap();
+        assert_eq!(outcome, AckOutcome { durable: 0, rejected: 1 }, "repeat and unknown acks are harmless");
+        std::mem::forget(o); // kill -9
+        let mut o = Outbox::open(dir.path(), &config()).unwrap();
+        let ids: Vec<u128> = o.due(Instant::now(), 100).iter().map(|(id, _)| id.as_u128()).collect();
+        // 1, 3 and 5 were never acked, so they are back. 2 and 4 were, but only the acked
+        // prefix is persisted (1 was still pending), so they come back too: a resend the edge
+        // drops by event_id, never a loss.
+        assert_eq!(ids, vec![1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn resends_wait_for_the_timeout_and_go_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = Outbox::open(dir.path(), &config()).unwrap();
+        let t0 = Instant::now();
+        o.push(&(1..=3).map(ev).collect::<Vec<_>>()).unwrap();
+        assert_eq!(o.due(t0, 2).len(), 2);
+        assert_eq!(o.due(t0, 10).len(), 1, "only the one not yet sent");
+        assert!(o.due(t0 + Duration::from_millis(999), 10).is_empty());
+        let again: Vec<u128> = o.due(t0 + Duration::from_secs(1), 10).iter().map(|(i, _)| i.as_u128()).collect();
+        assert_eq!(again, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_full_outbox_refuses_new_events_and_keeps_the_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = Outbox::open(dir.path(), &config()).unwrap();
+        let mut i = 0;
+        loop {
+            i += 1;
+            if o.push(&[ev(i)]).unwrap().is_empty() {
+                break;
+            }
+        }
+        assert!(o.is_full_for(60));
+        let err = o.full_error();
+        assert!(err.to_string().contains("outbox"), "{err}");
+        assert_eq!(o.len() as u128, i - 1, "everything before the refusal is kept");
+        let acked: Vec<Uuid> = (1..i / 2).map(Uuid::from_u128).collect();
+        o.ack(&EdgeAck { durable: acked, rejected: vec![] }).unwrap();
+        assert_eq!(o.push(&[ev(i)]).unwrap().len(), 1, "room again after acks freed a segment");
+    }
+}
