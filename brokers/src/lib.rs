@@ -70,24 +70,44 @@ pub struct Mosquitto {
 }
 
 impl Mosquitto {
-    /// Starts Mosquitto with `deploy/mosquitto/edubrain.conf`, persisting into `dir`.
-    pub fn start(dir: &Path) -> Result<Self, BrokerError> {
+    /// Starts Mosquitto with `deploy/mosquitto/edubrain.conf` and `deploy/mosquitto/acl`,
+    /// persisting into `dir`, with a password file holding `users` (username, password).
+    pub fn start(dir: &Path, users: &[(String, String)]) -> Result<Self, BrokerError> {
+        let spawn_err = |e| BrokerError::Spawn { what: "mosquitto", source: e };
         let bin = find_binary(
             "mosquitto",
             "EDUBRAIN_MOSQUITTO",
             &[PathBuf::from("/usr/sbin/mosquitto"), PathBuf::from("/usr/bin/mosquitto")],
             "run scripts/ensure-tools (apt-get install mosquitto)",
         )?;
-        std::fs::create_dir_all(dir).map_err(|e| BrokerError::Spawn { what: "mosquitto", source: e })?;
+        std::fs::create_dir_all(dir).map_err(spawn_err)?;
+        // Plain `user:password` lines, then hashed in place by mosquitto_passwd (one process for
+        // every user, rather than one per user).
+        let passwords = dir.join("passwords");
+        let plain: String = users.iter().map(|(u, p)| format!("{u}:{p}\n")).collect();
+        std::fs::write(&passwords, plain).map_err(spawn_err)?;
+        let hashed = Command::new("mosquitto_passwd").arg("-U").arg(&passwords).status().map_err(spawn_err)?;
+        if !hashed.success() {
+            return Err(BrokerError::Spawn {
+                what: "mosquitto",
+                source: std::io::Error::other(format!("mosquitto_passwd -U exited with {hashed}")),
+            });
+        }
         let port = free_port();
-        let base = std::fs::read_to_string(repo_root().join("deploy/mosquitto/edubrain.conf"))
-            .map_err(|e| BrokerError::Spawn { what: "mosquitto", source: e })?;
+        let base = std::fs::read_to_string(repo_root().join("deploy/mosquitto/edubrain.conf")).map_err(spawn_err)?;
+        let acl = repo_root().join("deploy/mosquitto/acl");
         let conf = dir.join("mosquitto.conf");
-        let mut f = std::fs::File::create(&conf).map_err(|e| BrokerError::Spawn { what: "mosquitto", source: e })?;
+        let mut f = std::fs::File::create(&conf).map_err(spawn_err)?;
         // `user root`: started as root, Mosquitto would otherwise switch to its own user and could
         // not write its persistence file here (no effect when not started as root).
-        writeln!(f, "{base}\nuser root\nlistener {port} 127.0.0.1\npersistence_location {}/\nlog_dest stderr\n", dir.display())
-            .map_err(|e| BrokerError::Spawn { what: "mosquitto", source: e })?;
+        writeln!(
+            f,
+            "{base}\nuser root\nlistener {port} 127.0.0.1\npersistence_location {}/\npassword_file {}\nacl_file {}\nlog_dest stderr\n",
+            dir.display(),
+            passwords.display(),
+            acl.display()
+        )
+        .map_err(spawn_err)?;
         let log = dir.join("mosquitto.log");
         let mut child = Command::new(bin)
             .arg("-c")

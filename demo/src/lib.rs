@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use chrono::Utc;
-use edubrain_agent::{MqttTarget, Pacing, ProvinceSpec, PublishProgress, province, simulate};
+use edubrain_agent::{DEMO_PROVISIONING_SECRET, MqttTarget, Pacing, ProvinceSpec, PublishProgress, province, simulate};
 use edubrain_brokers::{Mosquitto, Storage, Tansu};
 use edubrain_cloud::CloudConfig;
 use edubrain_cloud::analytics::DateRange;
@@ -43,11 +43,11 @@ pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> anyhow::Res
         &config.work_dir
     })?;
     println!("==> starting brokers (Mosquitto, Tansu with {:?} storage) under {}", config.kafka_storage, dir.display());
-    let mosquitto = Mosquitto::start(&dir.join("mosquitto"))?;
+    let province = province::build(&config.province);
+    let mosquitto = Mosquitto::start(&dir.join("mosquitto"), &edubrain_agent::broker_users(&province, DEMO_PROVISIONING_SECRET))?;
     let tansu = Tansu::start(&dir.join("tansu"), config.kafka_storage)?;
     println!("    mqtt://127.0.0.1:{}   kafka 127.0.0.1:{}", mosquitto.port, tansu.port);
 
-    let province = province::build(&config.province);
     let registry_path = dir.join("registry.csv");
     edubrain_agent::write_registry(&province, &registry_path)?;
     let cities: Vec<String> = {
@@ -60,7 +60,8 @@ pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> anyhow::Res
     cloud_config.http_listen = config.cloud_http.clone();
     let mut edges = Vec::new();
     for city in &cities {
-        let c = EdgeConfig::on_loopback(city, mosquitto.port, &tansu.bootstrap(), &dir.join(format!("edge-{city}")));
+        let mut c = EdgeConfig::on_loopback(city, mosquitto.port, &tansu.bootstrap(), &dir.join(format!("edge-{city}")));
+        c.login_with(DEMO_PROVISIONING_SECRET);
         let edge = edubrain_edge::start(c, shutdown.clone()).await.with_context(|| format!("starting the edge of {city}"))?;
         println!("==> edge {city}: metrics http://{}/metrics", edge.http_addr);
         edges.push(edge);
@@ -94,7 +95,7 @@ pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> anyhow::Res
     );
     let progress = Arc::new(PublishProgress::default());
     let pacing = Pacing { sim_start: first.header.event_time, wall_start: tokio::time::Instant::now(), speed: span / config.wall_seconds };
-    let target = MqttTarget::new("127.0.0.1", mosquitto.port);
+    let target = MqttTarget::new("127.0.0.1", mosquitto.port).with_secret(DEMO_PROVISIONING_SECRET);
     // A misbehaving classroom app: its bad events must reach the dead-letter topic, not vanish.
     let bad_room = &province.schools[0].classrooms[0];
     let bad_topic = edubrain_schemas::topics::TerminalTopic {
@@ -105,7 +106,7 @@ pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> anyhow::Res
     };
     edubrain_agent::publisher::publish_raw(
         &target,
-        "demo-bad-app",
+        &edubrain_schemas::identity::terminal_username(&bad_topic),
         &bad_topic.events_topic(),
         vec![b"{\"not\": \"an event\"}".to_vec(), b"\xff\xfe garbage".to_vec()],
     )

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::NaiveDate;
-use edubrain_agent::{MqttTarget, ProvinceSpec, PublishProgress, SimulatorConfig, province, simulate};
+use edubrain_agent::{
+    DEMO_PROVISIONING_SECRET, MqttTarget, ProvinceSpec, PublishProgress, SimulatorConfig, broker_users, province, simulate,
+};
 use edubrain_brokers::{Mosquitto, Storage, Tansu};
 use edubrain_cloud::CloudConfig;
 use edubrain_edge::EdgeConfig;
@@ -16,13 +18,14 @@ use tokio_util::sync::CancellationToken;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_simulated_event_arrives_once_across_two_cities() {
     let dir = tempfile::tempdir().unwrap();
-    let mosquitto = Mosquitto::start(&dir.path().join("mosquitto")).unwrap();
+    let spec = ProvinceSpec { seed: 11, cities: 2, alliances_per_city: 1, schools_per_alliance: 4, classrooms_per_school: 3 };
+    let p = province::build(&spec);
+    let mosquitto = Mosquitto::start(&dir.path().join("mosquitto"), &broker_users(&p, DEMO_PROVISIONING_SECRET)).unwrap();
     let tansu = Tansu::start(&dir.path().join("tansu"), Storage::Memory).unwrap();
     let shutdown = CancellationToken::new();
-    let spec = ProvinceSpec { seed: 11, cities: 2, alliances_per_city: 1, schools_per_alliance: 4, classrooms_per_school: 3 };
     let registry = dir.path().join("registry.csv");
     let config = SimulatorConfig {
-        mqtt: MqttTarget::new("127.0.0.1", mosquitto.port),
+        mqtt: MqttTarget::new("127.0.0.1", mosquitto.port).with_secret(DEMO_PROVISIONING_SECRET),
         province: spec.clone(),
         first_day: NaiveDate::from_ymd_opt(2026, 11, 16),
         school_days: 1,
@@ -32,12 +35,12 @@ async fn every_simulated_event_arrives_once_across_two_cities() {
         outbox_dir: Some(dir.path().join("outbox")),
         outbox: Default::default(),
     };
-    let p = province::build(&spec);
     edubrain_agent::write_registry(&p, &registry).unwrap();
 
     let mut edges = Vec::new();
     for city in ["c01", "c02"] {
-        let c = EdgeConfig::on_loopback(city, mosquitto.port, &tansu.bootstrap(), &dir.path().join(format!("edge-{city}")));
+        let mut c = EdgeConfig::on_loopback(city, mosquitto.port, &tansu.bootstrap(), &dir.path().join(format!("edge-{city}")));
+        c.login_with(DEMO_PROVISIONING_SECRET);
         edges.push(edubrain_edge::start(c, shutdown.clone()).await.unwrap());
     }
     let mut cloud_config = CloudConfig::on_loopback(dir.path().join("warehouse"), Some(registry.clone()), &tansu.bootstrap());

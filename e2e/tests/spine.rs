@@ -15,6 +15,7 @@ use edubrain_cloud::analytics::gaps::{GapReport, Scope};
 use edubrain_cloud::analytics::utilisation::{GroupBy, utilisation};
 use edubrain_edge::EdgeConfig;
 use edubrain_schemas::event::*;
+use edubrain_schemas::identity::{derived_password, terminal_username};
 use edubrain_schemas::topics::{KAFKA_DEADLETTER_TOPIC, TerminalTopic};
 use edubrain_schemas::{Event, EventBody, Header, SCHEMA_VERSION};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -188,16 +189,29 @@ fn close(a: Option<f64>, b: f64) -> bool {
     a.is_some_and(|a| (a - b).abs() < 1e-9)
 }
 
+/// The provisioning secret of this test's hub (terminal and edge passwords derive from it).
+const SECRET: &str = "spine-test-secret";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_reaches_the_warehouse_exactly_once_and_analytics_match_hand_computation() {
     let dir = tempfile::tempdir().unwrap();
-    let mosquitto = Mosquitto::start(&dir.path().join("mosquitto")).unwrap();
+    let events = province_events();
+    let mut users: Vec<(String, String)> = events
+        .iter()
+        .map(|e| terminal_username(&TerminalTopic::from_header(&e.header)))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .map(|u| (u.clone(), derived_password(SECRET.as_bytes(), &u)))
+        .collect();
+    users.push(("edge-c01".into(), derived_password(SECRET.as_bytes(), "edge-c01")));
+    let mosquitto = Mosquitto::start(&dir.path().join("mosquitto"), &users).unwrap();
     let tansu = Tansu::start(&dir.path().join("tansu"), Storage::Memory).unwrap();
     let registry = dir.path().join("registry.csv");
     std::fs::write(&registry, REGISTRY).unwrap();
     let shutdown = CancellationToken::new();
 
-    let edge_config = EdgeConfig::on_loopback("c01", mosquitto.port, &tansu.bootstrap(), &dir.path().join("edge-wal"));
+    let mut edge_config = EdgeConfig::on_loopback("c01", mosquitto.port, &tansu.bootstrap(), &dir.path().join("edge-wal"));
+    edge_config.login_with(SECRET);
     let edge = edubrain_edge::start(edge_config, shutdown.clone()).await.unwrap();
 
     let mut cloud_config = CloudConfig::on_loopback(dir.path().join("warehouse"), Some(registry), &tansu.bootstrap());
@@ -205,8 +219,7 @@ async fn every_event_reaches_the_warehouse_exactly_once_and_analytics_match_hand
     let cloud = edubrain_cloud::start(cloud_config.clone(), shutdown.clone()).await.unwrap();
     wait_for("the edge to subscribe", 30, || edge.metrics.mqtt_subscribed.get() == 1).await;
 
-    let events = province_events();
-    let target = MqttTarget::new("127.0.0.1", mosquitto.port);
+    let target = MqttTarget::new("127.0.0.1", mosquitto.port).with_secret(SECRET);
     let progress = Arc::new(PublishProgress::default());
     let pacing = Pacing { sim_start: events[0].header.event_time, wall_start: tokio::time::Instant::now(), speed: f64::INFINITY };
     let summary = edubrain_agent::publish_all_durable(
@@ -230,7 +243,7 @@ async fn every_event_reaches_the_warehouse_exactly_once_and_analytics_match_hand
     foreign.header.classroom = "c01-sb-r1".into(); // claims another classroom than its topic
     edubrain_agent::publisher::publish_raw(
         &target,
-        "t-c01-sa-r1-app",
+        &terminal_username(&TerminalTopic::from_header(&events[0].header)),
         &a1_topic,
         vec![resend, b"{\"event_id\": \"not-a-uuid\"".to_vec(), foreign.to_json()],
     )

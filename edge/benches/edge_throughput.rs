@@ -14,8 +14,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
-use edubrain_agent::{MqttTarget, Pacing, ProvinceSpec, province, simulate};
+use edubrain_agent::{DEMO_PROVISIONING_SECRET, MqttTarget, Pacing, ProvinceSpec, broker_users, province, simulate};
 use edubrain_brokers::{KillOnDrop, Mosquitto, Storage, Tansu, free_port};
+use edubrain_schemas::identity::derived_password;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -46,7 +47,7 @@ struct Run {
 }
 
 async fn publish(events: &[edubrain_schemas::Event], port: u16) {
-    let target = MqttTarget::new("127.0.0.1", port);
+    let target = MqttTarget::new("127.0.0.1", port).with_secret(DEMO_PROVISIONING_SECRET);
     let pacing = Pacing { sim_start: events[0].header.event_time, wall_start: tokio::time::Instant::now(), speed: f64::INFINITY };
     let summary =
         edubrain_agent::publish_all(&target, events.to_vec(), pacing, Default::default(), CancellationToken::new()).await.expect("publish");
@@ -120,13 +121,13 @@ async fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/edubrain/tools/bench-venv/bin/python"));
     let dir = tempfile::tempdir().unwrap();
-    let mosquitto = Mosquitto::start(&dir.path().join("mosquitto")).unwrap();
-    let tansu = Tansu::start(&dir.path().join("tansu"), Storage::Memory).unwrap();
-    let brokers = tansu.bootstrap();
-
     // A realistic mix: one city's simulated school days, as many as it takes to reach the count.
     let p =
         province::build(&ProvinceSpec { seed: 1, cities: 1, alliances_per_city: 2, schools_per_alliance: 10, classrooms_per_school: 10 });
+    let mosquitto = Mosquitto::start(&dir.path().join("mosquitto"), &broker_users(&p, DEMO_PROVISIONING_SECRET)).unwrap();
+    let tansu = Tansu::start(&dir.path().join("tansu"), Storage::Memory).unwrap();
+    let brokers = tansu.bootstrap();
+    let edge_password = derived_password(DEMO_PROVISIONING_SECRET.as_bytes(), "edge-c01");
     let mut days = 1;
     let events = loop {
         let sim = edubrain_agent::SimulationSpec {
@@ -152,7 +153,14 @@ async fn main() {
     // 1. The edge process.
     let http = format!("127.0.0.1:{}", free_port());
     let config = dir.path().join("edge.toml");
-    std::fs::write(&config, format!("city = \"c01\"\n[wal]\ndir = {:?}\n", dir.path().join("edge-wal"))).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "city = \"c01\"\n[wal]\ndir = {:?}\n[mqtt]\nusername = \"edge-c01\"\npassword = {edge_password:?}\n",
+            dir.path().join("edge-wal")
+        ),
+    )
+    .unwrap();
     let edge = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_edubrain-edge"))
             .arg("--config")
@@ -194,7 +202,7 @@ async fn main() {
     drop(edge);
     // A killed edge leaves its persistent session subscribed; the broker would keep queueing the
     // bridge phase's events for it. A clean-session connect with its client id removes it.
-    drop_session(mosquitto.port, "edubrain-edge-c01");
+    drop_session(mosquitto.port, "edge-c01", &edge_password);
 
     // 2. The bare bridge: mosquitto_sub -q 1 | python confluent-kafka.
     let bridge_topic = "bench.bridge";
@@ -205,8 +213,11 @@ async fn main() {
             "-q",
             "1",
             "-c",
-            "-i",
-            "bench-bridge",
+            // The ACL lets only the city's edge read its events; the bridge stands in for it.
+            "-u",
+            "edge-c01",
+            "-P",
+            &edge_password,
             "-h",
             "127.0.0.1",
             "-p",
@@ -261,13 +272,14 @@ async fn main() {
     );
 }
 
-/// Connects as `client_id` with a clean session and leaves: the broker discards the session.
-fn drop_session(port: u16, client_id: &str) {
+/// Connects as `user` (its client id, under `use_username_as_clientid`) with a clean session
+/// and leaves: the broker discards the session.
+fn drop_session(port: u16, user: &str, password: &str) {
     let status = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-i", client_id, "-t", "bench/none", "-E"])
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-u", user, "-P", password, "-t", "bench/none", "-E"])
         .status()
         .expect("mosquitto_sub");
-    assert!(status.success(), "could not clear the session of {client_id}");
+    assert!(status.success(), "could not clear the session of {user}");
 }
 
 fn http_get_ok(addr: &str) -> bool {

@@ -145,6 +145,13 @@ impl EdgeConfig {
         c
     }
 
+    /// Logs in as `edge-{city}` with the password derived from the hub's provisioning secret.
+    pub fn login_with(&mut self, provisioning_secret: &str) {
+        let user = edubrain_schemas::identity::edge_username(&self.city);
+        self.mqtt.password = Some(edubrain_schemas::identity::derived_password(provisioning_secret.as_bytes(), &user));
+        self.mqtt.username = Some(user);
+    }
+
     /// Reads a TOML file, then applies env overrides.
     pub fn load(path: &Path) -> Result<Self, EdgeError> {
         let text = std::fs::read_to_string(path).map_err(|e| EdgeError::Config(format!("{}: {e}", path.display())))?;

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::NaiveDate;
-use edubrain_agent::{MqttTarget, Pacing, ProvinceSpec, PublishProgress, province, simulate};
+use edubrain_agent::{DEMO_PROVISIONING_SECRET, MqttTarget, Pacing, ProvinceSpec, PublishProgress, broker_users, province, simulate};
 use edubrain_brokers::{KillOnDrop, Mosquitto, Storage, Tansu};
 use edubrain_cloud::CloudConfig;
+use edubrain_schemas::identity::derived_password;
 use tokio_util::sync::CancellationToken;
 
 fn spawn_edge(config: &std::path::Path, mqtt_port: u16, kafka: &str, log: &std::path::Path) -> KillOnDrop {
@@ -34,10 +35,10 @@ fn spawn_edge(config: &std::path::Path, mqtt_port: u16, kafka: &str, log: &std::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edge_kill_9_loses_nothing_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let mosquitto = Mosquitto::start(&dir.path().join("mosquitto")).unwrap();
-    let tansu = Tansu::start(&dir.path().join("tansu"), Storage::Memory).unwrap();
     let spec = ProvinceSpec { seed: 5, cities: 1, alliances_per_city: 1, schools_per_alliance: 5, classrooms_per_school: 4 };
     let p = province::build(&spec);
+    let mosquitto = Mosquitto::start(&dir.path().join("mosquitto"), &broker_users(&p, DEMO_PROVISIONING_SECRET)).unwrap();
+    let tansu = Tansu::start(&dir.path().join("tansu"), Storage::Memory).unwrap();
     let registry = dir.path().join("registry.csv");
     edubrain_agent::write_registry(&p, &registry).unwrap();
     let sim = edubrain_agent::SimulationSpec {
@@ -55,7 +56,15 @@ async fn edge_kill_9_loses_nothing_and_duplicates_nothing() {
     let cloud = edubrain_cloud::start(cloud_config, shutdown.clone()).await.unwrap();
 
     let config = dir.path().join("edge.toml");
-    std::fs::write(&config, format!("city = \"c01\"\n[wal]\ndir = {:?}\n", dir.path().join("edge-wal"))).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "city = \"c01\"\n[wal]\ndir = {:?}\n[mqtt]\nusername = \"edge-c01\"\npassword = {:?}\n",
+            dir.path().join("edge-wal"),
+            derived_password(DEMO_PROVISIONING_SECRET.as_bytes(), "edge-c01")
+        ),
+    )
+    .unwrap();
     let log = dir.path().join("edge.log");
     let edge = spawn_edge(&config, mosquitto.port, &tansu.bootstrap(), &log);
     // The first start creates the persistent session; wait until it is subscribed.
@@ -70,7 +79,7 @@ async fn edge_kill_9_loses_nothing_and_duplicates_nothing() {
     let day_start = edubrain_agent::local_time(sim.first_day, 7, 30);
     let span = (edubrain_agent::local_time(sim.first_day, 18, 0) - day_start).num_seconds() as f64;
     let pacing = Pacing { sim_start: day_start, wall_start: tokio::time::Instant::now(), speed: span / 5.0 };
-    let target = MqttTarget::new("127.0.0.1", mosquitto.port);
+    let target = MqttTarget::new("127.0.0.1", mosquitto.port).with_secret(DEMO_PROVISIONING_SECRET);
     let progress = Arc::new(PublishProgress::default());
     let publisher = {
         let (events, progress, shutdown, dir) = (events.clone(), progress.clone(), shutdown.clone(), dir.path().to_path_buf());

@@ -8,6 +8,7 @@
 //! - [`registry`]: the school registry (master data) CSV.
 //! - [`warehouse`]: Arrow schemas of the warehouse tables.
 //! - [`pseudonym`]: per-alliance HMAC pseudonyms of student ids.
+//! - [`identity`]: MQTT usernames of terminals and edges; per-device derived passwords.
 //! - [`json_schema`]: JSON Schema documents generated from the Rust types (committed in `json/`).
 //!
 //! Pure: no I/O beyond reading and writing what the caller hands in; time is passed in.
@@ -15,6 +16,7 @@
 pub mod ack;
 pub mod dedup;
 pub mod event;
+pub mod identity;
 pub mod json_schema;
 pub mod pseudonym;
 pub mod registry;

@@ -189,6 +189,35 @@ pub async fn run(config: SimulatorConfig, progress: Arc<PublishProgress>, shutdo
     }
 }
 
+/// A provisioning secret for demos and tests only; real hubs keep theirs in a secret file.
+pub const DEMO_PROVISIONING_SECRET: &str = "edubrain-demo-only-provisioning-secret";
+
+/// The broker logins of a province: every terminal and one edge per city, with passwords
+/// derived from `secret` (what a hub writes into Mosquitto's password file).
+pub fn broker_users(province: &Province, secret: &str) -> Vec<(String, String)> {
+    use edubrain_schemas::identity::{derived_password, edge_username, terminal_username};
+    let mut users = Vec::new();
+    let mut cities = std::collections::BTreeSet::new();
+    for school in &province.schools {
+        for room in &school.classrooms {
+            let t = TerminalTopic {
+                city: room.city.clone(),
+                school: room.school.clone(),
+                classroom: room.id.clone(),
+                terminal: room.terminal.clone(),
+            };
+            let name = terminal_username(&t);
+            users.push((name.clone(), derived_password(secret.as_bytes(), &name)));
+            cities.insert(room.city.clone());
+        }
+    }
+    for city in cities {
+        let name = edge_username(&city);
+        users.push((name.clone(), derived_password(secret.as_bytes(), &name)));
+    }
+    users
+}
+
 /// Writes the province's registry CSV (creating parent directories).
 pub fn write_registry(province: &Province, path: &std::path::Path) -> Result<(), AgentError> {
     let io = |e: std::io::Error| AgentError::Io { path: path.display().to_string(), source: e };

@@ -47,6 +47,9 @@ impl OutboxConfig {
     }
 }
 
+/// An event in the outbox: its id and its encoded bytes (shared with the MQTT client).
+pub type OutboxEvent = (Uuid, Arc<Vec<u8>>);
+
 #[derive(Debug)]
 struct Pending {
     event_id: Uuid,
@@ -99,7 +102,7 @@ impl Outbox {
     /// the batch, and returns those written. Fewer than given means the outbox is full: the
     /// rest were refused (see the module's policy) and [`Outbox::is_full_for`] says when there
     /// is room again.
-    pub fn push(&mut self, events: &[(Uuid, Vec<u8>)]) -> Result<Vec<(Uuid, Arc<Vec<u8>>)>, AgentError> {
+    pub fn push(&mut self, events: &[(Uuid, Vec<u8>)]) -> Result<Vec<OutboxEvent>, AgentError> {
         let dir = self.wal.dir().to_path_buf();
         let mut written = Vec::with_capacity(events.len());
         for (id, payload) in events {
@@ -174,7 +177,7 @@ impl Outbox {
 
     /// Events never sent, or sent more than `resend_after` ago, oldest first (at most `max`);
     /// they are marked as sent at `now`.
-    pub fn due(&mut self, now: Instant, max: usize) -> Vec<(Uuid, Arc<Vec<u8>>)> {
+    pub fn due(&mut self, now: Instant, max: usize) -> Vec<OutboxEvent> {
         let mut out = Vec::new();
         for p in self.pending.values_mut() {
             if out.len() >= max {

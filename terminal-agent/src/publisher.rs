@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use edubrain_schemas::Event;
 use edubrain_schemas::ack::EdgeAck;
+use edubrain_schemas::identity::{derived_password, terminal_username};
 use edubrain_schemas::topics::TerminalTopic;
 use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
 use tokio::time::Instant;
@@ -22,14 +23,29 @@ use crate::AgentError;
 pub struct MqttTarget {
     pub host: String,
     pub port: u16,
-    /// Username and password, when the broker requires them.
+    /// The hub's provisioning secret: each terminal logs in with its username and the
+    /// password derived from it ([`edubrain_schemas::identity`]). None: anonymous.
     #[serde(default)]
-    pub credentials: Option<(String, String)>,
+    pub provisioning_secret: Option<String>,
 }
 
 impl MqttTarget {
     pub fn new(host: &str, port: u16) -> Self {
-        Self { host: host.into(), port, credentials: None }
+        Self { host: host.into(), port, provisioning_secret: None }
+    }
+
+    pub fn with_secret(mut self, secret: &str) -> Self {
+        self.provisioning_secret = Some(secret.into());
+        self
+    }
+
+    /// MQTT options for a client logging in as `username` (also its client id).
+    fn options(&self, username: &str) -> MqttOptions {
+        let mut opts = MqttOptions::new(username, self.host.clone(), self.port);
+        if let Some(secret) = &self.provisioning_secret {
+            opts.set_credentials(username, derived_password(secret.as_bytes(), username));
+        }
+        opts
     }
 }
 
@@ -85,7 +101,7 @@ pub async fn publish_terminal(
     progress: Arc<PublishProgress>,
     shutdown: CancellationToken,
 ) -> Result<u64, AgentError> {
-    let mut opts = MqttOptions::new(topic.terminal.clone(), target.host.clone(), target.port);
+    let mut opts = target.options(&terminal_username(topic));
     opts.set_keep_alive(Duration::from_secs(20));
     opts.set_clean_session(true);
     opts.set_inflight(64);
@@ -146,10 +162,10 @@ pub async fn publish_terminal(
     Ok(acked)
 }
 
-/// Publishes arbitrary payloads on one topic as client `client_id` (QoS 1) and waits for their
-/// PUBACKs. For classroom software that is not a full agent, and for tests of bad input.
-pub async fn publish_raw(target: &MqttTarget, client_id: &str, topic: &str, payloads: Vec<Vec<u8>>) -> Result<(), AgentError> {
-    let mut opts = MqttOptions::new(client_id, target.host.clone(), target.port);
+/// Publishes arbitrary payloads on one topic as `username` (QoS 1) and waits for their
+/// PUBACKs. For tests of bad input and of the broker's ACL.
+pub async fn publish_raw(target: &MqttTarget, username: &str, topic: &str, payloads: Vec<Vec<u8>>) -> Result<(), AgentError> {
+    let mut opts = target.options(username);
     opts.set_keep_alive(Duration::from_secs(20)).set_max_packet_size(1024 * 1024, 1024 * 1024);
     let (client, mut eventloop) = AsyncClient::new(opts, 64);
     let total = payloads.len();
@@ -209,14 +225,11 @@ pub async fn publish_terminal_durable(
     progress: Arc<PublishProgress>,
     shutdown: CancellationToken,
 ) -> Result<u64, AgentError> {
-    let mut opts = MqttOptions::new(topic.terminal.clone(), target.host.clone(), target.port);
+    let mut opts = target.options(&terminal_username(topic));
     opts.set_keep_alive(Duration::from_secs(20));
     opts.set_clean_session(true);
     opts.set_inflight(64);
     opts.set_max_packet_size(64 * 1024, 64 * 1024);
-    if let Some((user, password)) = &target.credentials {
-        opts.set_credentials(user.clone(), password.clone());
-    }
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
     let events_topic = topic.events_topic();
     let acks_topic = topic.acks_topic();
@@ -264,7 +277,7 @@ pub async fn publish_terminal_durable(
         (handle, stop_guard)
     };
 
-    let send = |items: Vec<(uuid::Uuid, Arc<Vec<u8>>)>| {
+    let send = |items: Vec<crate::outbox::OutboxEvent>| {
         let mut sent = 0u64;
         for (_, payload) in items {
             // Never wait on the client here: a full request queue (broker away) just means the

@@ -1,0 +1,133 @@
+//! Kafka-protocol broker outages under load, with Tansu on its durable (sqlite) engine and
+//! killed with SIGKILL. Terminals keep publishing through their outboxes; the edge keeps
+//! acknowledging from its WAL; when the broker is back, the WAL drains, the cloud catches up,
+//! and every event created is in the warehouse exactly once.
+//!
+//! - a 60 s outage (override with `EDUBRAIN_FAULT_OUTAGE_SECS`), shorter than the producer's
+//!   `message.timeout.ms`: librdkafka retries on its own;
+//! - an outage longer than `message.timeout.ms` (set to 3 s here): deliveries fail and the edge
+//!   ships again from the oldest unconfirmed WAL record.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use edubrain_agent::{DEMO_PROVISIONING_SECRET, MqttTarget, Pacing, ProvinceSpec, PublishProgress, broker_users, province, simulate};
+use edubrain_brokers::{Mosquitto, Storage, Tansu};
+use edubrain_cloud::CloudConfig;
+use edubrain_edge::EdgeConfig;
+use tokio_util::sync::CancellationToken;
+
+struct Counts {
+    created: u64,
+    acked_by_edge: u64,
+    in_warehouse: u64,
+    edge_replays: u64,
+    cloud_duplicates: u64,
+}
+
+async fn outage(outage: Duration, message_timeout_ms: Option<u64>) -> Counts {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = ProvinceSpec { seed: 21, cities: 1, alliances_per_city: 1, schools_per_alliance: 4, classrooms_per_school: 3 };
+    let p = province::build(&spec);
+    let mosquitto = Mosquitto::start(&dir.path().join("mosquitto"), &broker_users(&p, DEMO_PROVISIONING_SECRET)).unwrap();
+    let mut tansu = Tansu::start(&dir.path().join("tansu"), Storage::Sqlite).unwrap();
+    let registry = dir.path().join("registry.csv");
+    edubrain_agent::write_registry(&p, &registry).unwrap();
+    let sim = edubrain_agent::SimulationSpec {
+        first_day: NaiveDate::from_ymd_opt(2026, 11, 16).unwrap(),
+        school_days: 1,
+        heartbeat_minutes: 10,
+        seed: 21,
+    };
+    let events = simulate::simulate(&p, &sim);
+    let ids: BTreeSet<String> = events.iter().map(|e| e.header.event_id.to_string()).collect();
+
+    let shutdown = CancellationToken::new();
+    let mut edge_config = EdgeConfig::on_loopback("c01", mosquitto.port, &tansu.bootstrap(), &dir.path().join("edge-wal"));
+    edge_config.login_with(DEMO_PROVISIONING_SECRET);
+    if let Some(ms) = message_timeout_ms {
+        edge_config.kafka.producer.insert("message.timeout.ms".into(), ms.to_string());
+    }
+    let edge = edubrain_edge::start(edge_config, shutdown.clone()).await.unwrap();
+    let mut cloud_config = CloudConfig::on_loopback(dir.path().join("warehouse"), Some(registry), &tansu.bootstrap());
+    cloud_config.ingest.flush_interval_ms = 200;
+    let cloud = edubrain_cloud::start(cloud_config, shutdown.clone()).await.unwrap();
+    while edge.metrics.mqtt_subscribed.get() != 1 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The school day over 20 s of wall time, so the outage falls in the middle of the load.
+    let day_start = edubrain_agent::local_time(sim.first_day, 7, 30);
+    let span = (edubrain_agent::local_time(sim.first_day, 18, 0) - day_start).num_seconds() as f64;
+    let pacing = Pacing { sim_start: day_start, wall_start: tokio::time::Instant::now(), speed: span / 20.0 };
+    let target = MqttTarget::new("127.0.0.1", mosquitto.port).with_secret(DEMO_PROVISIONING_SECRET);
+    let progress = Arc::new(PublishProgress::default());
+    let publisher = {
+        let (events, progress, shutdown, outbox) = (events.clone(), progress.clone(), shutdown.clone(), dir.path().join("outbox"));
+        tokio::spawn(async move {
+            edubrain_agent::publish_all_durable(&target, events, pacing, &outbox, &Default::default(), progress, shutdown).await
+        })
+    };
+
+    let mut rx = cloud.progress.clone();
+    while progress.published() < events.len() as u64 / 4 || rx.borrow_and_update().events_written == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tansu.kill9();
+    let acked_before = progress.acked();
+    tokio::time::sleep(outage).await;
+    let acked_during = progress.acked() - acked_before;
+    assert!(acked_during > 0, "the edge kept acknowledging from its WAL while Kafka was down");
+    assert!(edge.metrics.wal_unconfirmed_records.get() > 0, "the WAL held what Kafka could not take");
+    tansu.restart().unwrap();
+
+    let summary = publisher.await.unwrap().unwrap();
+    assert_eq!(summary.acked, summary.created, "every event was acknowledged by the edge");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while rx.borrow_and_update().events_written < summary.created {
+        assert!(tokio::time::Instant::now() < deadline, "warehouse holds {} of {}", rx.borrow().events_written, summary.created);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while edge.metrics.wal_unconfirmed_records.get() != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "WAL did not drain: {}", edge.metrics.wal_unconfirmed_records.get());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rows = cloud.warehouse.query_json("SELECT event_id, COUNT(*) AS n FROM events GROUP BY event_id").await.unwrap();
+    assert!(rows.iter().all(|r| r["n"] == 1), "an event is in the warehouse twice");
+    let stored: BTreeSet<String> = rows.iter().map(|r| r["event_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(stored.len(), ids.len(), "missing {:?}", ids.difference(&stored).take(5).collect::<Vec<_>>());
+    assert_eq!(stored, ids);
+    let counts = Counts {
+        created: summary.created,
+        acked_by_edge: summary.acked,
+        in_warehouse: stored.len() as u64,
+        edge_replays: edge.metrics.kafka_replays.get(),
+        cloud_duplicates: cloud.metrics.events_duplicate.get(),
+    };
+    eprintln!(
+        "outage {outage:?}: created {}, acked by the edge {} ({acked_during} during the outage), in the warehouse {}, edge replays {}, duplicates dropped by the cloud {}",
+        counts.created, counts.acked_by_edge, counts.in_warehouse, counts.edge_replays, counts.cloud_duplicates
+    );
+    shutdown.cancel();
+    edge.wait().await.unwrap();
+    cloud.wait().await.unwrap();
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_killed_for_a_minute_loses_nothing() {
+    let secs = std::env::var("EDUBRAIN_FAULT_OUTAGE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+    let c = outage(Duration::from_secs(secs), None).await;
+    assert_eq!(c.in_warehouse, c.created);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_outage_beyond_message_timeout_is_replayed_from_the_wal() {
+    let c = outage(Duration::from_secs(12), Some(3000)).await;
+    assert_eq!(c.in_warehouse, c.created);
+    assert!(c.edge_replays > 0, "deliveries failed and were shipped again from the WAL");
+}

@@ -1,0 +1,129 @@
+//! Identity and isolation through the real broker with the committed ACL
+//! (`deploy/mosquitto/acl`): a terminal can only publish on its own classroom's topic and read
+//! its own acks; bad credentials are refused; nobody can take over another client's session; a
+//! payload claiming another identity on the right topic is dead-lettered by the edge. Nothing a
+//! refused client sends reaches Kafka.
+
+use std::time::Duration;
+
+use edubrain_agent::MqttTarget;
+use edubrain_brokers::{Mosquitto, Storage, Tansu};
+use edubrain_edge::EdgeConfig;
+use edubrain_schemas::identity::{derived_password, terminal_username};
+use edubrain_schemas::topics::TerminalTopic;
+use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet, QoS};
+use tokio_util::sync::CancellationToken;
+
+const SECRET: &str = "security-test-secret";
+
+fn terminal(room: &str) -> TerminalTopic {
+    TerminalTopic { city: "c01".into(), school: "c01-s1".into(), classroom: room.into(), terminal: format!("{room}-t") }
+}
+
+fn login(user: &str, password: &str, port: u16) -> (AsyncClient, rumqttc::EventLoop) {
+    let mut opts = MqttOptions::new(user, "127.0.0.1", port);
+    opts.set_credentials(user, password).set_keep_alive(Duration::from_secs(5));
+    AsyncClient::new(opts, 16)
+}
+
+/// Polls until `stop` returns Some or `secs` pass; returns what it returned.
+async fn poll_until<T>(
+    el: &mut rumqttc::EventLoop,
+    secs: u64,
+    mut stop: impl FnMut(&Result<Event, ConnectionError>) -> Option<T>,
+) -> Option<T> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let ev = match tokio::time::timeout_at(deadline, el.poll()).await {
+            Err(_) => return None,
+            Ok(ev) => ev,
+        };
+        if let Some(t) = stop(&ev) {
+            return Some(t);
+        }
+        if ev.is_err() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminals_speak_only_for_their_own_classroom() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (terminal("c01-s1-r1"), terminal("c01-s1-r2"));
+    let users: Vec<(String, String)> = [terminal_username(&a), terminal_username(&b), "edge-c01".to_string()]
+        .into_iter()
+        .map(|u| (u.clone(), derived_password(SECRET.as_bytes(), &u)))
+        .collect();
+    let mosquitto = Mosquitto::start(&dir.path().join("mosquitto"), &users).unwrap();
+    let tansu = Tansu::start(&dir.path().join("tansu"), Storage::Memory).unwrap();
+    let shutdown = CancellationToken::new();
+    let mut config = EdgeConfig::on_loopback("c01", mosquitto.port, &tansu.bootstrap(), &dir.path().join("edge-wal"));
+    config.login_with(SECRET);
+    let edge = edubrain_edge::start(config, shutdown.clone()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while edge.metrics.mqtt_subscribed.get() != 1 {
+        assert!(tokio::time::Instant::now() < deadline, "edge did not subscribe");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let target = MqttTarget::new("127.0.0.1", mosquitto.port).with_secret(SECRET);
+
+    // Terminal B listens on the wildcard of the whole hub: the ACL gives it nothing but its own acks.
+    let (b_client, mut b_loop) =
+        login(&terminal_username(&b), &derived_password(SECRET.as_bytes(), &terminal_username(&b)), mosquitto.port);
+    b_client.subscribe("edubrain/#", QoS::AtLeastOnce).await.unwrap();
+    poll_until(&mut b_loop, 10, |ev| matches!(ev, Ok(Event::Incoming(Packet::SubAck(_)))).then_some(())).await.expect("SUBACK");
+
+    // 1. A publishes on B's topic: the broker drops it (it still PUBACKs under MQTT 3.1.1).
+    edubrain_agent::publisher::publish_raw(&target, &terminal_username(&a), &b.events_topic(), vec![b"{\"spoof\":1}".to_vec()])
+        .await
+        .unwrap();
+    // 2. A publishes on its own topic a payload that claims B's classroom: the edge dead-letters it.
+    let claim_b = format!(
+        r#"{{"event_id":"6f1c1b3e-8a57-4d1e-9c5e-2b7f0f0a0001","schema_version":1,"city":"c01","school":"c01-s1","classroom":"{}","terminal":"{}","event_time":"2026-11-16T01:00:00Z","type":"bandwidth_sampled","down_kbps":1.0,"up_kbps":1.0}}"#,
+        b.classroom, b.terminal
+    );
+    edubrain_agent::publisher::publish_raw(&target, &terminal_username(&a), &a.events_topic(), vec![claim_b.into_bytes()]).await.unwrap();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while edubrain_edge::metrics::total(&edge.metrics.events_rejected) < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "the identity mismatch was not dead-lettered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(edge.metrics.messages_received.get(), 1, "the spoofed publish on B's topic never reached the edge");
+    assert_eq!(edubrain_edge::metrics::total(&edge.metrics.events_accepted), 0, "nothing refused is produced as an event");
+    assert_eq!(
+        edge.metrics.events_rejected.with_label_values(&["identity_matches_topic"]).get(),
+        1,
+        "rejected by rule identity_matches_topic"
+    );
+    // B saw neither A's events nor anyone's but its own acks.
+    let leaked = poll_until(&mut b_loop, 2, |ev| match ev {
+        Ok(Event::Incoming(Packet::Publish(p))) => Some(p.topic.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(leaked, None, "a wildcard subscription leaked another client's message");
+
+    // 3. Bad credentials are refused at CONNECT.
+    let (_c, mut bad) = login(&terminal_username(&a), "not-the-password", mosquitto.port);
+    let refused = poll_until(&mut bad, 10, |ev| match ev {
+        Err(ConnectionError::ConnectionRefused(code)) => Some(*code),
+        _ => None,
+    })
+    .await;
+    assert!(matches!(refused, Some(ConnectReturnCode::NotAuthorized | ConnectReturnCode::BadUserNamePassword)), "got {refused:?}");
+
+    // 4. Client-id takeover: A connects with B's username as its client id. The broker uses the
+    //    username as client id, so B's session is untouched.
+    let mut opts = MqttOptions::new(terminal_username(&b), "127.0.0.1", mosquitto.port);
+    opts.set_credentials(terminal_username(&a), derived_password(SECRET.as_bytes(), &terminal_username(&a)));
+    let (_thief, mut thief_loop) = AsyncClient::new(opts, 16);
+    poll_until(&mut thief_loop, 10, |ev| matches!(ev, Ok(Event::Incoming(Packet::ConnAck(_)))).then_some(())).await.expect("CONNACK");
+    let b_dropped = poll_until(&mut b_loop, 2, |ev| ev.is_err().then_some(())).await;
+    assert_eq!(b_dropped, None, "B was disconnected by a client reusing its client id");
+
+    shutdown.cancel();
+    edge.wait().await.unwrap();
+}
