@@ -229,7 +229,8 @@ pub fn write_registry(province: &Province, path: &std::path::Path) -> Result<(),
     Ok(())
 }
 
-/// Loads a simulator config: TOML file (if any), then `EDUBRAIN_AGENT_MQTT_HOST/PORT` overrides.
+/// Loads a simulator config: TOML file (if any), then `EDUBRAIN_AGENT_MQTT_HOST/PORT` and
+/// `EDUBRAIN_AGENT_PROVISIONING_SECRET_FILE` overrides.
 pub fn load_config(path: Option<&std::path::Path>) -> Result<SimulatorConfig, AgentError> {
     let mut config: SimulatorConfig = match path {
         Some(p) => {
@@ -240,6 +241,10 @@ pub fn load_config(path: Option<&std::path::Path>) -> Result<SimulatorConfig, Ag
     };
     if let Ok(h) = std::env::var("EDUBRAIN_AGENT_MQTT_HOST") {
         config.mqtt.host = h;
+    }
+    if let Ok(f) = std::env::var("EDUBRAIN_AGENT_PROVISIONING_SECRET_FILE") {
+        let secret = std::fs::read_to_string(&f).map_err(|e| AgentError::Io { path: f.clone(), source: e })?;
+        config.mqtt.provisioning_secret = Some(secret.trim_end().to_string());
     }
     if let Ok(p) = std::env::var("EDUBRAIN_AGENT_MQTT_PORT") {
         config.mqtt.port = p

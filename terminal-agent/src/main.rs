@@ -21,6 +21,17 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Write the broker logins of the configured province (every terminal, one edge per city)
+    /// as `user:password` lines, for `mosquitto_passwd -U`.
+    Passwords {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// File holding the hub's provisioning secret.
+        #[arg(long)]
+        secret_file: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Only write the registry CSV of the configured province.
     Registry {
         #[arg(long)]
@@ -39,6 +50,14 @@ async fn main() -> anyhow::Result<()> {
             let shutdown = edubrain_process::shutdown_on_signals();
             let summary = edubrain_agent::run(config, Arc::new(PublishProgress::default()), shutdown).await?;
             println!("{} terminals published {} events, {} acknowledged", summary.terminals, summary.created, summary.acked);
+        }
+        Command::Passwords { config, secret_file, out } => {
+            let config = load_config(config.as_deref())?;
+            let secret = std::fs::read_to_string(&secret_file).with_context(|| format!("reading {}", secret_file.display()))?;
+            let users = edubrain_agent::broker_users(&province::build(&config.province), secret.trim_end());
+            let lines: String = users.iter().map(|(u, p)| format!("{u}:{p}\n")).collect();
+            std::fs::write(&out, lines).with_context(|| format!("writing {}", out.display()))?;
+            println!("{} logins written to {}; hash them with: mosquitto_passwd -U {}", users.len(), out.display(), out.display());
         }
         Command::Registry { config, out } => {
             let config = load_config(config.as_deref())?;
