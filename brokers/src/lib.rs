@@ -102,7 +102,9 @@ impl Mosquitto {
         // not write its persistence file here (no effect when not started as root).
         writeln!(
             f,
-            "{base}\nuser root\nlistener {port} 127.0.0.1\npersistence_location {}/\npassword_file {}\nacl_file {}\nlog_dest stderr\n",
+            // The listener first: edubrain.conf holds listener-scoped options
+            // (use_username_as_clientid) that would otherwise open a default listener on 1883.
+            "listener {port} 127.0.0.1\n{base}\nuser root\npersistence_location {}/\npassword_file {}\nacl_file {}\nlog_dest stderr\n",
             dir.display(),
             passwords.display(),
             acl.display()

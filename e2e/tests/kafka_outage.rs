@@ -87,7 +87,14 @@ async fn outage(outage: Duration, message_timeout_ms: Option<u64>) -> Counts {
     assert_eq!(summary.acked, summary.created, "every event was acknowledged by the edge");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while rx.borrow_and_update().events_written < summary.created {
-        assert!(tokio::time::Instant::now() < deadline, "warehouse holds {} of {}", rx.borrow().events_written, summary.created);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "warehouse holds {} of {}; edge:\n{}\ncloud:\n{}",
+            rx.borrow().events_written,
+            summary.created,
+            edge.metrics.render(),
+            cloud.metrics.render()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

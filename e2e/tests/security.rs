@@ -9,9 +9,11 @@ use std::time::Duration;
 use edubrain_agent::MqttTarget;
 use edubrain_brokers::{Mosquitto, Storage, Tansu};
 use edubrain_edge::EdgeConfig;
+use edubrain_schemas::event::BandwidthSampled;
 use edubrain_schemas::identity::{derived_password, terminal_username};
 use edubrain_schemas::topics::TerminalTopic;
-use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet, QoS};
+use edubrain_schemas::{EventBody, Header, SCHEMA_VERSION};
+use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event as MqttEvent, MqttOptions, Packet, QoS};
 use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "security-test-secret";
@@ -30,7 +32,7 @@ fn login(user: &str, password: &str, port: u16) -> (AsyncClient, rumqttc::EventL
 async fn poll_until<T>(
     el: &mut rumqttc::EventLoop,
     secs: u64,
-    mut stop: impl FnMut(&Result<Event, ConnectionError>) -> Option<T>,
+    mut stop: impl FnMut(&Result<MqttEvent, ConnectionError>) -> Option<T>,
 ) -> Option<T> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     loop {
@@ -72,18 +74,26 @@ async fn terminals_speak_only_for_their_own_classroom() {
     let (b_client, mut b_loop) =
         login(&terminal_username(&b), &derived_password(SECRET.as_bytes(), &terminal_username(&b)), mosquitto.port);
     b_client.subscribe("edubrain/#", QoS::AtLeastOnce).await.unwrap();
-    poll_until(&mut b_loop, 10, |ev| matches!(ev, Ok(Event::Incoming(Packet::SubAck(_)))).then_some(())).await.expect("SUBACK");
+    poll_until(&mut b_loop, 10, |ev| matches!(ev, Ok(MqttEvent::Incoming(Packet::SubAck(_)))).then_some(())).await.expect("SUBACK");
 
     // 1. A publishes on B's topic: the broker drops it (it still PUBACKs under MQTT 3.1.1).
     edubrain_agent::publisher::publish_raw(&target, &terminal_username(&a), &b.events_topic(), vec![b"{\"spoof\":1}".to_vec()])
         .await
         .unwrap();
     // 2. A publishes on its own topic a payload that claims B's classroom: the edge dead-letters it.
-    let claim_b = format!(
-        r#"{{"event_id":"6f1c1b3e-8a57-4d1e-9c5e-2b7f0f0a0001","schema_version":1,"city":"c01","school":"c01-s1","classroom":"{}","terminal":"{}","event_time":"2026-11-16T01:00:00Z","type":"bandwidth_sampled","down_kbps":1.0,"up_kbps":1.0}}"#,
-        b.classroom, b.terminal
-    );
-    edubrain_agent::publisher::publish_raw(&target, &terminal_username(&a), &a.events_topic(), vec![claim_b.into_bytes()]).await.unwrap();
+    let claim_b = edubrain_schemas::Event {
+        header: Header {
+            event_id: uuid::Uuid::from_u128(0x5ec),
+            schema_version: SCHEMA_VERSION,
+            city: b.city.clone(),
+            school: b.school.clone(),
+            classroom: b.classroom.clone(),
+            terminal: b.terminal.clone(),
+            event_time: chrono::Utc::now(),
+        },
+        body: EventBody::BandwidthSampled(BandwidthSampled { down_kbps: 1.0, up_kbps: 1.0 }),
+    };
+    edubrain_agent::publisher::publish_raw(&target, &terminal_username(&a), &a.events_topic(), vec![claim_b.to_json()]).await.unwrap();
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while edubrain_edge::metrics::total(&edge.metrics.events_rejected) < 1 {
@@ -96,11 +106,12 @@ async fn terminals_speak_only_for_their_own_classroom() {
     assert_eq!(
         edge.metrics.events_rejected.with_label_values(&["identity_matches_topic"]).get(),
         1,
-        "rejected by rule identity_matches_topic"
+        "rejected by rule identity_matches_topic; edge metrics:\n{}",
+        edge.metrics.render()
     );
     // B saw neither A's events nor anyone's but its own acks.
     let leaked = poll_until(&mut b_loop, 2, |ev| match ev {
-        Ok(Event::Incoming(Packet::Publish(p))) => Some(p.topic.clone()),
+        Ok(MqttEvent::Incoming(Packet::Publish(p))) => Some(p.topic.clone()),
         _ => None,
     })
     .await;
@@ -120,7 +131,7 @@ async fn terminals_speak_only_for_their_own_classroom() {
     let mut opts = MqttOptions::new(terminal_username(&b), "127.0.0.1", mosquitto.port);
     opts.set_credentials(terminal_username(&a), derived_password(SECRET.as_bytes(), &terminal_username(&a)));
     let (_thief, mut thief_loop) = AsyncClient::new(opts, 16);
-    poll_until(&mut thief_loop, 10, |ev| matches!(ev, Ok(Event::Incoming(Packet::ConnAck(_)))).then_some(())).await.expect("CONNACK");
+    poll_until(&mut thief_loop, 10, |ev| matches!(ev, Ok(MqttEvent::Incoming(Packet::ConnAck(_)))).then_some(())).await.expect("CONNACK");
     let b_dropped = poll_until(&mut b_loop, 2, |ev| ev.is_err().then_some(())).await;
     assert_eq!(b_dropped, None, "B was disconnected by a client reusing its client id");
 

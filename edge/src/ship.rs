@@ -66,15 +66,27 @@ impl Shipper {
         let mut failed = false;
         let mut stop_deadline: Option<tokio::time::Instant> = None;
         let mut writer_gone = false;
+        let mut replay_backoff = Duration::from_millis(500);
         loop {
             if failed && in_flight.is_empty() {
                 self.metrics.kafka_replays.inc();
-                if let Some((code, reason)) = self.producer.client().fatal_error() {
-                    tracing::error!(%code, %reason, "Kafka producer hit a fatal error; creating a new one");
-                    self.producer = kafka::producer(&self.kafka)?;
+                // Wait before trying again (the broker is likely still away), then start from a
+                // new producer: after timed-out deliveries an idempotent producer's sequence
+                // state cannot be trusted (librdkafka needs an epoch bump not every broker
+                // offers), and a fresh producer id makes the replay independent of it.
+                tokio::select! {
+                    _ = tokio::time::sleep(replay_backoff) => {}
+                    _ = stop.cancelled(), if stop_deadline.is_none() => {}
                 }
+                replay_backoff = (replay_backoff * 2).min(Duration::from_secs(10));
+                if let Some((code, reason)) = self.producer.client().fatal_error() {
+                    tracing::error!(%code, %reason, "Kafka producer hit a fatal error");
+                }
+                let old = std::mem::replace(&mut self.producer, kafka::producer(&self.kafka)?);
+                // Dropping a producer can block while librdkafka tears down.
+                tokio::task::spawn_blocking(move || drop(old));
                 let from = unconfirmed.first().copied().unwrap_or(cursor);
-                tracing::warn!(from, up_to = cursor, "shipping again from the oldest unconfirmed WAL record");
+                tracing::warn!(from, up_to = cursor, "shipping again from the oldest unconfirmed WAL record with a new producer");
                 cursor = from;
                 unconfirmed.clear();
                 stash = None;
@@ -126,6 +138,7 @@ impl Shipper {
             tokio::select! {
                 Some((seq, received, result)) = in_flight.next(), if !in_flight.is_empty() => match result {
                     Ok(()) => {
+                        replay_backoff = Duration::from_millis(500);
                         unconfirmed.remove(&seq);
                         if let Some(t) = received {
                             self.metrics.delivery_latency.observe(t.elapsed().as_secs_f64());
