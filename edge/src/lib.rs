@@ -395,7 +395,6 @@ impl Pump {
         let received = Instant::now();
         let now = Utc::now();
         let received_ms = now.timestamp_millis().to_string();
-        let acks_topic = TerminalTopic::parse(&publish.topic).ok().map(|t| t.acks_topic());
         let city = self.config.city.clone();
         let (record, ack) = match classify(&city, &publish.topic, &publish.payload, now, &self.policy, &mut self.dedup) {
             Outcome::Accept { event } => {
@@ -407,17 +406,22 @@ impl Pump {
                     headers: vec![("edubrain.received_ms", received_ms), ("edubrain.edge_city", city)],
                     payload: publish.payload.to_vec(),
                 };
-                (Some(record.encode()), Some(TerminalAck::Durable(event.header.event_id)))
+                let acks = TerminalTopic::from_header(&event.header).acks_topic();
+                (Some(record.encode()), Some((acks, TerminalAck::Durable(event.header.event_id))))
             }
             Outcome::Duplicate { event_id } => {
                 m.events_duplicate.inc();
-                (None, Some(TerminalAck::Durable(event_id)))
+                // A duplicate passed the same checks as its first copy: its topic is valid.
+                let acks = TerminalTopic::parse(&publish.topic).ok().map(|t| t.acks_topic());
+                (None, acks.map(|a| (a, TerminalAck::Durable(event_id))))
             }
             Outcome::Reject(r) => {
                 m.events_rejected.with_label_values(&[r.rule]).inc();
                 tracing::warn!(topic = %publish.topic, field = %r.field, rule = r.rule, reason = %r.reason, "event rejected to dead-letter");
-                let ack = peek_event_id(&publish.payload)
-                    .map(|id| TerminalAck::Rejected(RejectedEvent { event_id: id, rule: r.rule.into(), reason: r.reason.clone() }));
+                // Acknowledged only when both the sender (its topic) and the event id are readable.
+                let ack = peek_event_id(&publish.payload).zip(TerminalTopic::parse(&publish.topic).ok()).map(|(id, t)| {
+                    (t.acks_topic(), TerminalAck::Rejected(RejectedEvent { event_id: id, rule: r.rule.into(), reason: r.reason.clone() }))
+                });
                 // The raw bytes are kept exactly as received; the context travels in headers.
                 let record = WalRecord {
                     destination: Destination::DeadLetter,
@@ -425,9 +429,9 @@ impl Pump {
                     key: city.clone(),
                     headers: vec![
                         ("edubrain.rule", r.rule.to_string()),
-                        ("edubrain.field", cut(&r.field)),
-                        ("edubrain.reason", cut(&r.reason)),
-                        ("edubrain.mqtt_topic", cut(&publish.topic)),
+                        ("edubrain.field", record::cut(&r.field, MAX_HEADER_VALUE).to_string()),
+                        ("edubrain.reason", record::cut(&r.reason, MAX_HEADER_VALUE).to_string()),
+                        ("edubrain.mqtt_topic", record::cut(&publish.topic, MAX_HEADER_VALUE).to_string()),
                         ("edubrain.edge_city", city),
                         ("edubrain.received_ms", received_ms),
                     ],
@@ -436,7 +440,7 @@ impl Pump {
                 (Some(record.encode()), ack)
             }
         };
-        Classified { publish, record, ack: acks_topic.zip(ack), received }
+        Classified { publish, record, ack, received }
     }
 
     async fn truncate(&mut self) -> Result<(), EdgeError> {
@@ -458,15 +462,6 @@ impl Pump {
         self.metrics.wal_bytes.set(wal.disk_bytes() as i64);
         self.metrics.wal_unconfirmed_records.set(wal.unconfirmed() as i64);
     }
-}
-
-/// `s` cut to [`MAX_HEADER_VALUE`] bytes on a character boundary.
-fn cut(s: &str) -> String {
-    let mut end = s.len().min(MAX_HEADER_VALUE);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
 }
 
 async fn poll_mqtt(

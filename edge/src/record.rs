@@ -79,13 +79,19 @@ impl WalRecord {
 }
 
 fn push_str16(out: &mut Vec<u8>, s: &str) {
-    // Keys and header values are ids and short reasons; cut (on a char boundary) rather than fail.
-    let mut end = s.len().min(u16::MAX as usize);
+    // Keys and header values are ids and short reasons; cut rather than fail.
+    let s = cut(s, u16::MAX as usize);
+    out.extend_from_slice(&(s.len() as u16).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+pub(crate) fn cut(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    out.extend_from_slice(&(end as u16).to_le_bytes());
-    out.extend_from_slice(&s.as_bytes()[..end]);
+    &s[..end]
 }
 
 struct Reader<'a> {

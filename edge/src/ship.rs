@@ -181,8 +181,7 @@ impl Shipper {
         let max = self.max_record_bytes;
         let records = tokio::task::spawn_blocking(move || edubrain_wal::read_from(&dir, from, max))
             .await
-            .map_err(|e| EdgeError::Wal(format!("WAL reader panicked: {e}")))?
-            .map_err(|e| EdgeError::Wal(e.to_string()))?;
+            .map_err(|e| EdgeError::Wal(format!("WAL reader panicked: {e}")))??;
         Ok(records.into_iter().map(|(s, b)| (s, Arc::new(b), None)).collect())
     }
 

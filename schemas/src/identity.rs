@@ -3,9 +3,8 @@
 //! may publish and read from that name, so a terminal can only speak for its own classroom, and
 //! `use_username_as_clientid` stops one client from taking over another's session.
 
+use crate::pseudonym::hmac_sha256_hex;
 use crate::topics::TerminalTopic;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 
 pub fn terminal_username(t: &TerminalTopic) -> String {
     format!("{}/{}/{}/{}", t.city, t.school, t.classroom, t.terminal)
@@ -19,10 +18,8 @@ pub fn edge_username(city: &str) -> String {
 /// the hub can issue one password per device and rebuild the broker's password file without
 /// keeping a list. Knowing one device's password says nothing about another's.
 pub fn derived_password(provisioning_secret: &[u8], username: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(provisioning_secret).expect("HMAC accepts keys of any length");
-    mac.update(b"edubrain-mqtt-password\0");
-    mac.update(username.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
+    // The prefix separates this use of a key from any other HMAC under the same secret.
+    hmac_sha256_hex(provisioning_secret, &[b"edubrain-mqtt-password\0", username.as_bytes()])
 }
 
 #[cfg(test)]

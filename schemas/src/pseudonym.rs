@@ -9,8 +9,16 @@ use sha2::Sha256;
 
 /// Returns the 64-hex-digit pseudonym of `student_id` under `alliance_key`.
 pub fn pseudonymise(alliance_key: &[u8], student_id: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(alliance_key).expect("HMAC accepts keys of any length");
-    mac.update(student_id.as_bytes());
+    hmac_sha256_hex(alliance_key, &[student_id.as_bytes()])
+}
+
+/// HMAC-SHA256 of the concatenated `parts` under `key`, hex encoded (also used for per-device
+/// MQTT passwords, [`crate::identity::derived_password`]).
+pub(crate) fn hmac_sha256_hex(key: &[u8], parts: &[&[u8]]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts keys of any length");
+    for p in parts {
+        mac.update(p);
+    }
     hex::encode(mac.finalize().into_bytes())
 }
 

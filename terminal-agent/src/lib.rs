@@ -111,7 +111,9 @@ pub struct RunSummary {
     pub acked: u64,
 }
 
-/// Publishes `events` from one MQTT connection per terminal, concurrently.
+/// Publishes `events` from one MQTT connection per terminal, concurrently; returns when the
+/// broker acknowledged (PUBACK) every event. Only as safe as the broker: for the benchmark's
+/// bare-bridge baseline and for brokers without an edubrain edge.
 pub async fn publish_all(
     target: &MqttTarget,
     events: Vec<Event>,
@@ -119,21 +121,11 @@ pub async fn publish_all(
     progress: Arc<PublishProgress>,
     shutdown: CancellationToken,
 ) -> Result<RunSummary, AgentError> {
-    let created = events.len() as u64;
-    let groups = by_terminal(events);
-    let terminals = groups.len();
-    let mut tasks = tokio::task::JoinSet::new();
-    for (_, (topic, evs)) in groups {
-        let target = target.clone();
-        let progress = progress.clone();
-        let shutdown = shutdown.clone();
-        tasks.spawn(async move { publisher::publish_terminal(&target, &topic, &evs, pacing, progress, shutdown).await });
-    }
-    let mut acked = 0;
-    while let Some(res) = tasks.join_next().await {
-        acked += res.map_err(|e| AgentError::Mqtt(format!("terminal task: {e}")))??;
-    }
-    Ok(RunSummary { terminals, created, acked })
+    publish_per_terminal(events, |_, topic, evs| {
+        let (target, progress, shutdown) = (target.clone(), progress.clone(), shutdown.clone());
+        Ok(async move { publisher::publish_terminal(&target, &topic, &evs, pacing, progress, shutdown).await })
+    })
+    .await
 }
 
 /// Publishes `events` from one MQTT connection per terminal, concurrently, each through its
@@ -147,16 +139,27 @@ pub async fn publish_all_durable(
     progress: Arc<PublishProgress>,
     shutdown: CancellationToken,
 ) -> Result<RunSummary, AgentError> {
+    publish_per_terminal(events, |terminal, topic, evs| {
+        let outbox = outbox::Outbox::open(&outbox_root.join(terminal), outbox_config)?;
+        let (target, progress, shutdown) = (target.clone(), progress.clone(), shutdown.clone());
+        Ok(async move { publisher::publish_terminal_durable(&target, &topic, &evs, pacing, outbox, progress, shutdown).await })
+    })
+    .await
+}
+
+/// Groups `events` per terminal, runs `publish(terminal, topic, its events)` for each
+/// concurrently, and sums what they report acknowledged.
+async fn publish_per_terminal<F, Fut>(events: Vec<Event>, mut publish: F) -> Result<RunSummary, AgentError>
+where
+    F: FnMut(&str, TerminalTopic, Vec<Event>) -> Result<Fut, AgentError>,
+    Fut: std::future::Future<Output = Result<u64, AgentError>> + Send + 'static,
+{
     let created = events.len() as u64;
     let groups = by_terminal(events);
     let terminals = groups.len();
     let mut tasks = tokio::task::JoinSet::new();
     for (terminal, (topic, evs)) in groups {
-        let outbox = outbox::Outbox::open(&outbox_root.join(&terminal), outbox_config)?;
-        let target = target.clone();
-        let progress = progress.clone();
-        let shutdown = shutdown.clone();
-        tasks.spawn(async move { publisher::publish_terminal_durable(&target, &topic, &evs, pacing, outbox, progress, shutdown).await });
+        tasks.spawn(publish(&terminal, topic, evs)?);
     }
     let mut acked = 0;
     while let Some(res) = tasks.join_next().await {

@@ -11,7 +11,7 @@
 //! creation order; the same `event_id` lets the edge drop the duplicate and ack it again.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -102,19 +102,19 @@ impl Outbox {
     /// the batch, and returns those written. Fewer than given means the outbox is full: the
     /// rest were refused (see the module's policy) and [`Outbox::is_full_for`] says when there
     /// is room again.
-    pub fn push(&mut self, events: &[(Uuid, Vec<u8>)]) -> Result<Vec<OutboxEvent>, AgentError> {
+    pub fn push(&mut self, events: Vec<(Uuid, Vec<u8>)>) -> Result<Vec<OutboxEvent>, AgentError> {
         let dir = self.wal.dir().to_path_buf();
         let mut written = Vec::with_capacity(events.len());
         for (id, payload) in events {
-            if self.by_id.contains_key(id) {
+            if self.by_id.contains_key(&id) {
                 continue; // already pending: the same event handed in twice
             }
-            match self.wal.append(payload) {
+            match self.wal.append(&payload) {
                 Ok(seq) => {
-                    let payload = Arc::new(payload.clone());
-                    self.by_id.insert(*id, seq);
-                    self.pending.insert(seq, Pending { event_id: *id, payload: payload.clone(), last_sent: None });
-                    written.push((*id, payload));
+                    let payload = Arc::new(payload);
+                    self.by_id.insert(id, seq);
+                    self.pending.insert(seq, Pending { event_id: id, payload: payload.clone(), last_sent: None });
+                    written.push((id, payload));
                 }
                 Err(WalError::Full { .. }) => break,
                 Err(e) => return Err(wal_err(&dir)(e)),
@@ -208,10 +208,6 @@ impl Outbox {
     pub fn disk_bytes(&self) -> u64 {
         self.wal.disk_bytes()
     }
-
-    pub fn dir(&self) -> PathBuf {
-        self.wal.dir().to_path_buf()
-    }
 }
 
 #[cfg(test)]
@@ -232,7 +228,7 @@ mod tests {
     fn events_stay_until_the_edge_acks_them_even_across_a_crash() {
         let dir = tempfile::tempdir().unwrap();
         let mut o = Outbox::open(dir.path(), &config()).unwrap();
-        o.push(&(1..=5).map(ev).collect::<Vec<_>>()).unwrap();
+        o.push((1..=5).map(ev).collect()).unwrap();
         o.ack(&EdgeAck { durable: vec![Uuid::from_u128(2)], rejected: vec![] }).unwrap();
         let outcome = o
             .ack(&EdgeAck {
@@ -255,7 +251,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut o = Outbox::open(dir.path(), &config()).unwrap();
         let t0 = Instant::now();
-        o.push(&(1..=3).map(ev).collect::<Vec<_>>()).unwrap();
+        o.push((1..=3).map(ev).collect()).unwrap();
         assert_eq!(o.due(t0, 2).len(), 2);
         assert_eq!(o.due(t0, 10).len(), 1, "only the one not yet sent");
         assert!(o.due(t0 + Duration::from_millis(999), 10).is_empty());
@@ -270,7 +266,7 @@ mod tests {
         let mut i = 0;
         loop {
             i += 1;
-            if o.push(&[ev(i)]).unwrap().is_empty() {
+            if o.push(vec![ev(i)]).unwrap().is_empty() {
                 break;
             }
         }
@@ -280,6 +276,6 @@ mod tests {
         assert_eq!(o.len() as u128, i - 1, "everything before the refusal is kept");
         let acked: Vec<Uuid> = (1..i / 2).map(Uuid::from_u128).collect();
         o.ack(&EdgeAck { durable: acked, rejected: vec![] }).unwrap();
-        assert_eq!(o.push(&[ev(i)]).unwrap().len(), 1, "room again after acks freed a segment");
+        assert_eq!(o.push(vec![ev(i)]).unwrap().len(), 1, "room again after acks freed a segment");
     }
 }

@@ -39,6 +39,14 @@ impl MqttTarget {
         self
     }
 
+    /// MQTT options of a terminal: its identity as username and client id, QoS 1 window,
+    /// packets up to the broker's 64 KiB limit.
+    fn terminal_options(&self, topic: &TerminalTopic) -> MqttOptions {
+        let mut opts = self.options(&terminal_username(topic));
+        opts.set_keep_alive(Duration::from_secs(20)).set_clean_session(true).set_inflight(64).set_max_packet_size(64 * 1024, 64 * 1024);
+        opts
+    }
+
     /// MQTT options for a client logging in as `username` (also its client id).
     fn options(&self, username: &str) -> MqttOptions {
         let mut opts = MqttOptions::new(username, self.host.clone(), self.port);
@@ -101,11 +109,7 @@ pub async fn publish_terminal(
     progress: Arc<PublishProgress>,
     shutdown: CancellationToken,
 ) -> Result<u64, AgentError> {
-    let mut opts = target.options(&terminal_username(topic));
-    opts.set_keep_alive(Duration::from_secs(20));
-    opts.set_clean_session(true);
-    opts.set_inflight(64);
-    opts.set_max_packet_size(64 * 1024, 64 * 1024);
+    let opts = target.terminal_options(topic);
     let (client, mut eventloop) = AsyncClient::new(opts, 64);
     let topic_name = topic.events_topic();
     let total = events.len() as u64;
@@ -225,11 +229,7 @@ pub async fn publish_terminal_durable(
     progress: Arc<PublishProgress>,
     shutdown: CancellationToken,
 ) -> Result<u64, AgentError> {
-    let mut opts = target.options(&terminal_username(topic));
-    opts.set_keep_alive(Duration::from_secs(20));
-    opts.set_clean_session(true);
-    opts.set_inflight(64);
-    opts.set_max_packet_size(64 * 1024, 64 * 1024);
+    let opts = target.terminal_options(topic);
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
     let events_topic = topic.events_topic();
     let acks_topic = topic.acks_topic();
@@ -310,7 +310,7 @@ pub async fn publish_terminal_durable(
                 }
                 let n = batch.len();
                 let ob = outbox.clone();
-                let written = tokio::task::spawn_blocking(move || ob.lock().expect("outbox lock").push(&batch))
+                let written = tokio::task::spawn_blocking(move || ob.lock().expect("outbox lock").push(batch))
                     .await
                     .map_err(|e| AgentError::Outbox(format!("outbox write panicked: {e}")))??;
                 if written.len() < n {
