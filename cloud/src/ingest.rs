@@ -1,7 +1,7 @@
 //! Kafka -> Arrow -> Parquet. Offsets are committed only after every file of a flush is durable
 //! (see [`crate::sink`]), so a crash re-reads and rewrites rather than losing events. Poison
 //! records go to the `quarantine` table with topic, partition, offset and reason, and the
-//! consumer moves on.
+//! consumer moves on. A commit that fails (broker away) is retried; it never stops ingest.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -131,6 +131,10 @@ pub async fn run(
             }
             _ = report.tick() => {
                 state.lag = metrics.consumer_lag.get();
+                if first_buffered.is_none() && !next_offsets.is_empty() {
+                    // Nothing buffered but offsets left uncommitted by a failed commit: retry it.
+                    flush(&consumer, &root, &topic, offset, &mut buffer, &mut poison, &mut next_offsets, &committed, &metrics, &mut state)?;
+                }
                 let _ = progress.send(state);
             }
             msg = consumer.recv() => {
@@ -266,9 +270,19 @@ fn flush(
     for (p, o) in next_offsets.iter() {
         tpl.add_partition_offset(topic, *p, Offset::Offset(*o)).map_err(|e| CloudError::Kafka(e.to_string()))?;
     }
-    consumer.commit(&tpl, CommitMode::Sync).map_err(|e| CloudError::Kafka(format!("commit {tpl:?}: {e}")))?;
-    committed.lock().expect("lag lock").extend(next_offsets.iter().map(|(p, o)| (*p, *o)));
-    next_offsets.clear();
+    // The files are durable whatever happens to the commit. A failed commit (the broker is away)
+    // keeps the offsets and is retried; returning the error would end ingest for good, which the
+    // Kafka outage test found: the warehouse stopped at the last flush before the outage.
+    match consumer.commit(&tpl, CommitMode::Sync) {
+        Ok(()) => {
+            committed.lock().expect("lag lock").extend(next_offsets.iter().map(|(p, o)| (*p, *o)));
+            next_offsets.clear();
+        }
+        Err(e) => {
+            metrics.commit_errors.inc();
+            tracing::warn!(error = %e, offsets = ?next_offsets, "offset commit failed after the Parquet files were durable; retrying");
+        }
+    }
     let now = Utc::now();
     for r in received {
         metrics.freshness.observe((now - r).num_milliseconds().max(0) as f64 / 1000.0);

@@ -14,6 +14,7 @@ pub struct CloudMetrics {
     pub flush_duration: Histogram,
     pub freshness: Histogram,
     pub consumer_lag: IntGauge,
+    pub commit_errors: IntCounter,
     pub api_requests: IntCounterVec,
     pub api_duration: HistogramVec,
 }
@@ -50,6 +51,10 @@ impl CloudMetrics {
                 vec![0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0]
             ))),
             consumer_lag: reg!(IntGauge::new("ingest_consumer_lag_records", "Records in Kafka not yet committed by the warehouse")),
+            commit_errors: reg!(IntCounter::new(
+                "ingest_commit_errors_total",
+                "Offset commits that failed after their Parquet files were durable (retried)"
+            )),
             api_requests: reg!(IntCounterVec::new(
                 Opts::new("api_requests_total", "API requests by endpoint and status class"),
                 &["endpoint", "status"]
