@@ -213,7 +213,10 @@ async fn main() {
             "-q",
             "1",
             "-c",
-            // The ACL lets only the city's edge read its events; the bridge stands in for it.
+            // The ACL lets only the city's edge read its events; the bridge stands in for it
+            // (the broker uses the username as client id; mosquitto_sub -c still wants one).
+            "-i",
+            "edge-c01",
             "-u",
             "edge-c01",
             "-P",
