@@ -11,6 +11,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
+use edubrain_schemas::validate::ClockFlag;
 use edubrain_schemas::warehouse::event_file_schema;
 use edubrain_schemas::{Event, EventBody};
 
@@ -19,6 +20,19 @@ use edubrain_schemas::{Event, EventBody};
 pub struct StoredEvent {
     pub event: Event,
     pub received_time: DateTime<Utc>,
+    /// Set when the device clock was implausible; the event is then filed by `received_time`.
+    pub clock_flag: Option<ClockFlag>,
+}
+
+impl StoredEvent {
+    /// The time the warehouse files the event under: the device's clock when plausible, else
+    /// the edge's receipt time (a 1970 clock must not put a lesson into 1970's partition).
+    pub fn effective_time(&self) -> DateTime<Utc> {
+        match self.clock_flag {
+            None => self.event.header.event_time,
+            Some(_) => self.received_time,
+        }
+    }
 }
 
 /// Hive partition of an event: local school day and city.
@@ -29,8 +43,8 @@ pub struct PartitionKey {
 }
 
 impl PartitionKey {
-    pub fn of(e: &Event, offset: FixedOffset) -> Self {
-        Self { date: e.header.event_time.with_timezone(&offset).format("%Y-%m-%d").to_string(), city: e.header.city.clone() }
+    pub fn of(e: &StoredEvent, offset: FixedOffset) -> Self {
+        Self { date: e.effective_time().with_timezone(&offset).format("%Y-%m-%d").to_string(), city: e.event.header.city.clone() }
     }
 
     /// `date=…/city=…`, relative to the table root.
@@ -43,7 +57,7 @@ impl PartitionKey {
 pub fn partition(events: Vec<StoredEvent>, offset: FixedOffset) -> BTreeMap<PartitionKey, Vec<StoredEvent>> {
     let mut out: BTreeMap<PartitionKey, Vec<StoredEvent>> = BTreeMap::new();
     for e in events {
-        out.entry(PartitionKey::of(&e.event, offset)).or_default().push(e);
+        out.entry(PartitionKey::of(&e, offset)).or_default().push(e);
     }
     out
 }
@@ -58,6 +72,7 @@ struct Columns {
     terminal: StringBuilder,
     event_time: TimestampMillisecondBuilder,
     received_time: TimestampMillisecondBuilder,
+    clock_flag: StringBuilder,
     device_id: StringBuilder,
     device_kind: StringBuilder,
     uptime_s: UInt64Builder,
@@ -260,6 +275,7 @@ pub fn build_batch(events: &[StoredEvent]) -> Result<RecordBatch, ArrowError> {
         c.terminal.append_value(&h.terminal);
         c.event_time.append_value(h.event_time.timestamp_millis());
         c.received_time.append_value(s.received_time.timestamp_millis());
+        c.clock_flag.append_option(s.clock_flag.map(ClockFlag::as_str));
         let r = row(&s.event.body);
         c.device_id.append_option(r.device_id);
         c.device_kind.append_option(r.device_kind);
@@ -320,6 +336,7 @@ pub fn build_batch(events: &[StoredEvent]) -> Result<RecordBatch, ArrowError> {
         Arc::new(c.terminal.finish()),
         utc(&mut c.event_time),
         utc(&mut c.received_time),
+        Arc::new(c.clock_flag.finish()),
         Arc::new(c.device_id.finish()),
         Arc::new(c.device_kind.finish()),
         Arc::new(c.uptime_s.finish()),
@@ -362,4 +379,62 @@ pub fn build_batch(events: &[StoredEvent]) -> Result<RecordBatch, ArrowError> {
         Arc::new(c.up_kbps.finish()),
     ];
     RecordBatch::try_new(event_file_schema(), columns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use datafusion::arrow::array::{Array, StringArray};
+    use edubrain_schemas::Header;
+    use edubrain_schemas::event::BandwidthSampled;
+
+    fn stored(id: u128, event_time: DateTime<Utc>, received: DateTime<Utc>, clock_flag: Option<ClockFlag>) -> StoredEvent {
+        StoredEvent {
+            event: Event {
+                header: Header {
+                    event_id: uuid::Uuid::from_u128(id),
+                    schema_version: 1,
+                    city: "c01".into(),
+                    school: "s1".into(),
+                    classroom: "r1".into(),
+                    terminal: "t1".into(),
+                    event_time,
+                },
+                body: EventBody::BandwidthSampled(BandwidthSampled { down_kbps: 1.0, up_kbps: 2.0 }),
+            },
+            received_time: received,
+            clock_flag,
+        }
+    }
+
+    #[test]
+    fn partitions_by_local_school_day_and_files_bad_clocks_under_the_day_received() {
+        let beijing = FixedOffset::east_opt(8 * 3600).unwrap();
+        let received = Utc.with_ymd_and_hms(2026, 11, 23, 1, 0, 0).unwrap();
+        let events = vec![
+            // 23:30 UTC on the 22nd is 07:30 on the 23rd in the province.
+            stored(1, Utc.with_ymd_and_hms(2026, 11, 22, 23, 30, 0).unwrap(), received, None),
+            stored(2, Utc.with_ymd_and_hms(1970, 1, 1, 0, 0, 0).unwrap(), received, Some(ClockFlag::DeviceClockUnset)),
+            stored(3, Utc.with_ymd_and_hms(2026, 11, 21, 9, 0, 0).unwrap(), received, None),
+        ];
+        let parts = partition(events, beijing);
+        let dirs: Vec<String> = parts.keys().map(PartitionKey::dir).collect();
+        assert_eq!(dirs, ["date=2026-11-21/city=c01", "date=2026-11-23/city=c01"]);
+        let day = &parts[&PartitionKey { date: "2026-11-23".into(), city: "c01".into() }];
+        assert_eq!(day.iter().map(|e| e.event.header.event_id.as_u128()).collect::<Vec<_>>(), [1, 2], "arrival order kept");
+
+        let batch = build_batch(day).unwrap();
+        assert_eq!(batch.schema(), event_file_schema());
+        let flags = batch.column_by_name("clock_flag").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        assert!(flags.is_null(0));
+        assert_eq!(flags.value(1), "device_clock_unset");
+        let times = batch
+            .column_by_name("event_time")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::TimestampMillisecondArray>()
+            .unwrap();
+        assert_eq!(times.value(1), 0, "the device's own time is kept as it said");
+    }
 }

@@ -12,8 +12,9 @@ use chrono::{DateTime, FixedOffset, TimeZone, Utc};
 use datafusion::arrow::array::{ArrayRef, Int32Array, Int64Array, StringArray, TimestampMillisecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
-use edubrain_schemas::dedup::DedupWindow;
-use edubrain_schemas::{Event, ValidationPolicy, validate};
+use edubrain_schemas::dedup::{DedupWindow, Seen, fingerprint};
+use edubrain_schemas::validate::ClockFlag;
+use edubrain_schemas::{Event, SchemaError, ValidationPolicy, validate};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -149,14 +150,21 @@ pub async fn run(
                 next_offsets.insert(msg.partition(), msg.offset() + 1);
                 let payload = msg.payload().unwrap_or_default();
                 let received = received_time(&msg).unwrap_or_else(Utc::now);
-                match Event::from_json(payload).and_then(|e| validate(&e, received, &policy).map(|_| e)) {
-                    Ok(event) => {
-                        if seen.insert(event.header.event_id.as_u128()) {
-                            buffer.push(StoredEvent { event, received_time: received });
-                        } else {
-                            metrics.events_duplicate.inc();
-                        }
-                    }
+                let checked = Event::from_json(payload).and_then(|e| validate(&e, received, &policy).map(|flag| (e, flag)));
+                // The edge judged the clock against its own policy; its verdict wins.
+                let checked = checked.map(|(e, flag)| (e, edge_clock_flag(&msg).unwrap_or(flag)));
+                let checked = checked.and_then(|(event, clock_flag)| match seen.observe(event.header.event_id.as_u128(), fingerprint(payload)) {
+                    Seen::New => Ok(Some(StoredEvent { event, received_time: received, clock_flag })),
+                    Seen::Duplicate => Ok(None),
+                    Seen::Conflict => Err(SchemaError::Invalid {
+                        field: "event_id".into(),
+                        rule: "event_id_conflict",
+                        message: format!("event_id {} was already stored with different content", event.header.event_id),
+                    }),
+                });
+                match checked {
+                    Ok(Some(stored)) => buffer.push(stored),
+                    Ok(None) => metrics.events_duplicate.inc(),
                     Err(e) => {
                         tracing::warn!(partition = msg.partition(), offset = msg.offset(), error = %e, "poison record quarantined");
                         metrics.records_quarantined.with_label_values(&[e.rule()]).inc();
@@ -184,6 +192,14 @@ pub async fn run(
     flush(&consumer, &root, &topic, offset, &mut buffer, &mut poison, &mut next_offsets, &committed, &metrics, &mut state)?;
     let _ = progress.send(state);
     Ok(())
+}
+
+/// The edge's `edubrain.clock_flag` header: `Some(None)` when the header is absent but the
+/// received time is (the edge found the clock plausible), `None` for records without edge headers.
+fn edge_clock_flag(msg: &rdkafka::message::BorrowedMessage<'_>) -> Option<Option<ClockFlag>> {
+    let headers = msg.headers()?;
+    headers.iter().find(|h| h.key == "edubrain.received_ms")?;
+    Some(headers.iter().find(|h| h.key == "edubrain.clock_flag").and_then(|h| ClockFlag::parse(std::str::from_utf8(h.value?).ok()?)))
 }
 
 fn received_time(msg: &rdkafka::message::BorrowedMessage<'_>) -> Option<DateTime<Utc>> {

@@ -13,14 +13,12 @@ use edubrain_cloud::CloudConfig;
 use edubrain_cloud::analytics::DateRange;
 use edubrain_cloud::analytics::gaps::{GapReport, Scope};
 use edubrain_cloud::analytics::utilisation::{GroupBy, utilisation};
+use edubrain_e2e::read_topic;
 use edubrain_edge::EdgeConfig;
 use edubrain_schemas::event::*;
 use edubrain_schemas::identity::{derived_password, terminal_username};
 use edubrain_schemas::topics::{KAFKA_DEADLETTER_TOPIC, TerminalTopic};
 use edubrain_schemas::{Event, EventBody, Header, SCHEMA_VERSION};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -335,30 +333,4 @@ async fn every_event_reaches_the_warehouse_exactly_once_and_analytics_match_hand
     shutdown.cancel();
     edge.wait().await.unwrap();
     cloud.wait().await.unwrap();
-}
-
-/// Reads `n` records of `topic` from the beginning: (value, headers).
-async fn read_topic(brokers: &str, topic: &str, n: usize) -> Vec<(Vec<u8>, std::collections::BTreeMap<String, String>)> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "e2e-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)).unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in md.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut out = Vec::new();
-    while out.len() < n {
-        let msg = tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await.expect("dead letters arrive").unwrap();
-        let headers = msg
-            .headers()
-            .map(|h| h.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
-            .unwrap_or_default();
-        out.push((msg.payload().unwrap_or_default().to_vec(), headers));
-    }
-    out
 }

@@ -1,10 +1,10 @@
 //! The edge's pure core: what to do with one MQTT message. No I/O; the clock is passed in.
 
 use chrono::{DateTime, Utc};
+use edubrain_schemas::dedup::{DedupWindow, Seen, fingerprint};
 use edubrain_schemas::topics::TerminalTopic;
+use edubrain_schemas::validate::ClockFlag;
 use edubrain_schemas::{Event, SchemaError, ValidationPolicy, validate};
-
-use edubrain_schemas::dedup::DedupWindow;
 
 /// Why a message goes to the dead-letter topic.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,8 +23,9 @@ impl From<SchemaError> for Rejection {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    /// Valid and new: produce to the events topic, keyed by classroom.
-    Accept { event: Box<Event> },
+    /// Valid and new: produce to the events topic, keyed by classroom. A wrong device clock
+    /// is flagged, not rejected: the event still happened.
+    Accept { event: Box<Event>, clock: Option<ClockFlag> },
     /// Seen before (resend or redelivery): acknowledge, do not produce again.
     Duplicate { event_id: uuid::Uuid },
     /// Produce the raw bytes to the dead-letter topic with the reason.
@@ -41,18 +42,29 @@ pub fn classify(
     dedup: &mut DedupWindow,
 ) -> Outcome {
     match check(city, topic, payload, now, policy) {
-        Ok(event) => {
-            if dedup.insert(event.header.event_id.as_u128()) {
-                Outcome::Accept { event: Box::new(event) }
-            } else {
-                Outcome::Duplicate { event_id: event.header.event_id }
-            }
-        }
+        Ok((event, clock)) => match dedup.observe(event.header.event_id.as_u128(), fingerprint(payload)) {
+            Seen::New => Outcome::Accept { event: Box::new(event), clock },
+            Seen::Duplicate => Outcome::Duplicate { event_id: event.header.event_id },
+            Seen::Conflict => Outcome::Reject(Rejection {
+                field: "event_id".into(),
+                rule: "event_id_conflict",
+                reason: format!(
+                    "event_id {} was already accepted with different content; a resend must repeat the original bytes",
+                    event.header.event_id
+                ),
+            }),
+        },
         Err(r) => Outcome::Reject(r),
     }
 }
 
-fn check(city: &str, topic: &str, payload: &[u8], now: DateTime<Utc>, policy: &ValidationPolicy) -> Result<Event, Rejection> {
+fn check(
+    city: &str,
+    topic: &str,
+    payload: &[u8],
+    now: DateTime<Utc>,
+    policy: &ValidationPolicy,
+) -> Result<(Event, Option<ClockFlag>), Rejection> {
     let identity = TerminalTopic::parse(topic)?;
     if identity.city != city {
         return Err(Rejection {
@@ -63,8 +75,8 @@ fn check(city: &str, topic: &str, payload: &[u8], now: DateTime<Utc>, policy: &V
     }
     let event = Event::from_json(payload)?;
     identity.check_matches(&event.header)?;
-    validate(&event, now, policy)?;
-    Ok(event)
+    let clock = validate(&event, now, policy)?;
+    Ok((event, clock))
 }
 
 #[cfg(test)]
@@ -113,5 +125,30 @@ mod tests {
         let Outcome::Reject(r) = run("c01", TOPIC, b"not json", &mut d) else { panic!() };
         assert_eq!(r.rule, "json_syntax");
         assert!(d.is_empty(), "rejected events never enter the dedup window");
+    }
+
+    #[test]
+    fn the_same_id_with_other_content_is_dead_lettered_not_dropped() {
+        let mut d = DedupWindow::new(10);
+        let first = event("c01");
+        let mut second = first.clone();
+        second.body = EventBody::BandwidthSampled(BandwidthSampled { down_kbps: 2.0, up_kbps: 1.0 });
+        assert!(matches!(run("c01", TOPIC, &first.to_json(), &mut d), Outcome::Accept { clock: None, .. }));
+        let Outcome::Reject(r) = run("c01", TOPIC, &second.to_json(), &mut d) else { panic!() };
+        assert_eq!((r.field.as_str(), r.rule), ("event_id", "event_id_conflict"));
+        assert_eq!(run("c01", TOPIC, &first.to_json(), &mut d), Outcome::Duplicate { event_id: first.header.event_id });
+    }
+
+    #[test]
+    fn wrong_device_clocks_are_accepted_and_flagged() {
+        let mut d = DedupWindow::new(10);
+        let mut e = event("c01");
+        e.header.event_time = Utc.with_ymd_and_hms(1970, 1, 1, 0, 0, 7).unwrap();
+        let Outcome::Accept { clock, .. } = run("c01", TOPIC, &e.to_json(), &mut d) else { panic!() };
+        assert_eq!(clock, Some(ClockFlag::DeviceClockUnset));
+        e.header.event_id = uuid::Uuid::from_u128(8);
+        e.header.event_time = Utc.with_ymd_and_hms(2026, 9, 8, 2, 0, 1).unwrap(); // a day and a second ahead
+        let Outcome::Accept { clock, .. } = run("c01", TOPIC, &e.to_json(), &mut d) else { panic!() };
+        assert_eq!(clock, Some(ClockFlag::DeviceClockAhead));
     }
 }

@@ -19,13 +19,17 @@ pub struct EdgeConfig {
     pub kafka: KafkaConfig,
     #[serde(default)]
     pub wal: WalConfig,
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
+    #[serde(default)]
+    pub rollup: RollupConfig,
     /// Address of `/metrics` and `/healthz`; port 0 picks a free port.
     #[serde(default = "default_http_listen")]
     pub http_listen: String,
     /// How many recent event ids the dedup window remembers.
     #[serde(default = "default_dedup_capacity")]
     pub dedup_capacity: usize,
-    /// Device clocks further ahead than this are rejected.
+    /// Device clocks further ahead than this are flagged (the event is kept with both times).
     #[serde(default = "default_max_clock_ahead_hours")]
     pub max_clock_ahead_hours: i64,
 }
@@ -91,12 +95,59 @@ impl WalConfig {
     }
 }
 
+/// Windowed rollups (see the `rollup` module): tumbling windows of event time, closed
+/// `allowed_lateness_secs` after their end by the edge's clock.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RollupConfig {
+    pub window_secs: u32,
+    pub allowed_lateness_secs: u32,
+}
+
+impl Default for RollupConfig {
+    fn default() -> Self {
+        Self { window_secs: 300, allowed_lateness_secs: 600 }
+    }
+}
+
+impl RollupConfig {
+    pub fn windows(&self) -> crate::rollup::RollupConfig {
+        crate::rollup::RollupConfig {
+            window: chrono::Duration::seconds(i64::from(self.window_secs)),
+            allowed_lateness: chrono::Duration::seconds(i64::from(self.allowed_lateness_secs)),
+        }
+    }
+}
+
+/// Per-terminal budget. A classroom terminal sends a few events a second; the burst lets one
+/// that was offline for a while empty its outbox quickly, the rate keeps a looping one from
+/// crowding out its city. Events over budget are deferred (the terminal resends), never dropped.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    pub events_per_second: f64,
+    pub burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self { events_per_second: 200.0, burst: 2000 }
+    }
+}
+
+impl RateLimitConfig {
+    pub fn limit(&self) -> crate::throttle::RateLimit {
+        crate::throttle::RateLimit { per_second: self.events_per_second, burst: f64::from(self.burst) }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     pub brokers: String,
     pub events_topic: String,
     pub deadletter_topic: String,
+    pub rollups_topic: String,
     /// Used when the edge creates the topics at start-up.
     pub partitions: i32,
     pub replication: i32,
@@ -111,6 +162,7 @@ impl Default for KafkaConfig {
             brokers: "127.0.0.1:9092".into(),
             events_topic: edubrain_schemas::topics::KAFKA_EVENTS_TOPIC.into(),
             deadletter_topic: edubrain_schemas::topics::KAFKA_DEADLETTER_TOPIC.into(),
+            rollups_topic: edubrain_schemas::topics::KAFKA_ROLLUPS_TOPIC.into(),
             partitions: 6,
             replication: 1,
             producer: BTreeMap::new(),
@@ -207,6 +259,16 @@ impl EdgeConfig {
         }
         if self.wal.max_batch == 0 {
             return Err(EdgeError::Config("wal.max_batch must be at least 1".into()));
+        }
+        let r = &self.rate_limit;
+        if !(r.events_per_second.is_finite() && r.events_per_second > 0.0) || r.burst == 0 {
+            return Err(EdgeError::Config(format!(
+                "rate_limit.events_per_second = {} and rate_limit.burst = {} must both be positive",
+                r.events_per_second, r.burst
+            )));
+        }
+        if self.rollup.window_secs == 0 {
+            return Err(EdgeError::Config("rollup.window_secs must be at least 1".into()));
         }
         if self.mqtt.max_packet_bytes < 1024 {
             return Err(EdgeError::Config(format!("mqtt.max_packet_bytes = {} is too small for one event", self.mqtt.max_packet_bytes)));

@@ -4,6 +4,8 @@
 //! - [`config`]: TOML + env configuration.
 //! - [`classify`]: the pure core: accept / duplicate / reject (with field and rule) per message.
 //! - [`record`]: what one WAL record holds (Kafka topic, key, headers, the raw payload).
+//! - [`rollup`]: per-window events and in-use minutes per classroom and device, to their topic.
+//! - [`throttle`]: per-terminal token buckets; over-budget events are deferred, not dropped.
 //! - [`ship`]: WAL → Kafka (idempotent, `acks=all`), confirming records back to the WAL.
 //! - [`kafka`]: topic creation and the producer.
 //! - [`metrics`]: Prometheus metrics; [`http`]: `/metrics` and `/healthz`.
@@ -25,7 +27,9 @@ pub mod http;
 pub mod kafka;
 pub mod metrics;
 pub mod record;
+pub mod rollup;
 mod ship;
+pub mod throttle;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -47,7 +51,9 @@ pub use config::EdgeConfig;
 pub use metrics::EdgeMetrics;
 
 use record::{Destination, WalRecord};
+use rollup::{Observed, Rollups};
 use ship::{Committed, Shipper};
+use throttle::{Admission, TerminalRateLimiter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
@@ -116,7 +122,7 @@ pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Ru
     for (seq, bytes) in &recovered.records {
         let r = WalRecord::decode(bytes).map_err(|e| EdgeError::Wal(format!("record {seq} in {}: {e}", wal_dir.display())))?;
         if let Some(id) = r.event_id {
-            dedup.insert(id);
+            dedup.observe(id, edubrain_schemas::dedup::fingerprint(&r.payload));
         }
     }
     let ship_from = recovered.records.first().map(|(s, _)| *s).unwrap_or(wal.next_seq());
@@ -127,7 +133,11 @@ pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Ru
 
     kafka::ensure_topics(
         &config.kafka.brokers,
-        &[(&config.kafka.events_topic, config.kafka.partitions), (&config.kafka.deadletter_topic, config.kafka.partitions.clamp(1, 3))],
+        &[
+            (&config.kafka.events_topic, config.kafka.partitions),
+            (&config.kafka.deadletter_topic, config.kafka.partitions.clamp(1, 3)),
+            (&config.kafka.rollups_topic, config.kafka.partitions.clamp(1, 3)),
+        ],
         config.kafka.replication,
     )
     .await?;
@@ -154,7 +164,20 @@ pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Ru
     };
     let shipper = tokio::spawn(shipper.run(hot_rx, committed_rx, confirm_tx, ship_stop.clone(), Duration::from_secs(10)));
     let policy = ValidationPolicy { max_clock_ahead: chrono::Duration::hours(config.max_clock_ahead_hours), ..ValidationPolicy::default() };
-    let pump = Pump { config, metrics: metrics.clone(), policy, dedup, wal: Some(wal), hot: hot_tx, committed: committed_tx };
+    let limiter = TerminalRateLimiter::new(config.rate_limit.limit());
+    let rollups = Rollups::new(config.rollup.windows(), Utc::now());
+    let pump = Pump {
+        config,
+        metrics: metrics.clone(),
+        policy,
+        dedup,
+        limiter,
+        rollups,
+        rollups_pending: Vec::new(),
+        wal: Some(wal),
+        hot: hot_tx,
+        committed: committed_tx,
+    };
     let task = tokio::spawn(pump.run(confirm_rx, shipper, ship_stop, shutdown));
     Ok(RunningEdge { http_addr, metrics, task })
 }
@@ -170,6 +193,8 @@ struct Classified {
 enum TerminalAck {
     Durable(uuid::Uuid),
     Rejected(RejectedEvent),
+    /// Over the terminal's rate limit: not taken; resend after the delay.
+    Deferred(uuid::Uuid, Duration),
 }
 
 /// MQTT → classify → WAL (group commit) → acks. Owns the WAL; the shipper reports confirmations.
@@ -178,6 +203,10 @@ struct Pump {
     metrics: EdgeMetrics,
     policy: ValidationPolicy,
     dedup: DedupWindow,
+    limiter: TerminalRateLimiter,
+    rollups: Rollups,
+    /// Closed rollups waiting for WAL room.
+    rollups_pending: Vec<Vec<u8>>,
     /// `None` only while a blocking WAL call holds it.
     wal: Option<Wal>,
     hot: mpsc::Sender<Committed>,
@@ -271,6 +300,11 @@ impl Pump {
                         break;
                     }
                     self.truncate().await?;
+                    self.limiter.forget_idle(Instant::now());
+                    if !full && let Err(e) = self.emit_rollups().await {
+                        result = Err(e);
+                        break;
+                    }
                 }
                 res = async { shipper.as_mut().expect("shipper").await }, if shipper.is_some() => {
                     shipper = None;
@@ -373,6 +407,10 @@ impl Pump {
                 match ack {
                     TerminalAck::Durable(id) => entry.durable.push(id),
                     TerminalAck::Rejected(r) => entry.rejected.push(r),
+                    TerminalAck::Deferred(id, after) => {
+                        entry.deferred.push(id);
+                        entry.retry_after_ms = entry.retry_after_ms.max(after.as_millis() as u64);
+                    }
                 }
             }
         }
@@ -380,8 +418,10 @@ impl Pump {
         // QoS 0: a lost ack costs a resend, which the dedup window answers with another ack;
         // QoS 1 would double the broker's per-message work for nothing.
         for (topic, ack) in acks {
-            if client.publish(topic, QoS::AtMostOnce, false, ack.to_json()).await.is_ok() {
-                self.metrics.terminal_acks_published.inc();
+            for part in ack.chunks(edubrain_schemas::ack::MAX_IDS_PER_ACK) {
+                if client.publish(topic.clone(), QoS::AtMostOnce, false, part.to_json()).await.is_ok() {
+                    self.metrics.terminal_acks_published.inc();
+                }
             }
         }
         self.update_gauges();
@@ -393,17 +433,31 @@ impl Pump {
         m.messages_received.inc();
         m.received_bytes.inc_by(publish.payload.len() as u64);
         let received = Instant::now();
+        let publish = match self.throttle(publish, received) {
+            Ok(deferred) => return deferred,
+            Err(publish) => publish,
+        };
+        let m = &self.metrics;
         let now = Utc::now();
         let received_ms = now.timestamp_millis().to_string();
         let city = self.config.city.clone();
         let (record, ack) = match classify(&city, &publish.topic, &publish.payload, now, &self.policy, &mut self.dedup) {
-            Outcome::Accept { event } => {
+            Outcome::Accept { event, clock } => {
                 m.events_accepted.with_label_values(&[event.event_type().as_str()]).inc();
+                let mut headers = vec![("edubrain.received_ms", received_ms), ("edubrain.edge_city", city)];
+                // A wrong device clock would put the event in the wrong window: not in rollups.
+                if clock.is_none() && self.rollups.observe(&event) == Observed::Late {
+                    m.rollup_late_events.inc();
+                }
+                if let Some(flag) = clock {
+                    m.events_clock_flagged.with_label_values(&[flag.as_str()]).inc();
+                    headers.push(("edubrain.clock_flag", flag.as_str().to_string()));
+                }
                 let record = WalRecord {
                     destination: Destination::Events,
                     event_id: Some(event.header.event_id.as_u128()),
                     key: event.header.classroom.clone(),
-                    headers: vec![("edubrain.received_ms", received_ms), ("edubrain.edge_city", city)],
+                    headers,
                     payload: publish.payload.to_vec(),
                 };
                 let acks = TerminalTopic::from_header(&event.header).acks_topic();
@@ -441,6 +495,59 @@ impl Pump {
             }
         };
         Classified { publish, record, ack, received }
+    }
+
+    /// Closes the rollup windows that are due and writes them to the WAL, which ships them to
+    /// the rollups topic like any other record. Kept for the next tick while the WAL is full.
+    async fn emit_rollups(&mut self) -> Result<(), EdgeError> {
+        let closed = self.rollups.close(Utc::now());
+        self.metrics.rollup_open_sessions.set(self.rollups.open_sessions() as i64);
+        for r in &closed {
+            let record = WalRecord {
+                destination: Destination::Rollups,
+                event_id: None,
+                key: r.classroom.clone(),
+                headers: vec![("edubrain.edge_city", self.config.city.clone())],
+                payload: serde_json::to_vec(r).expect("rollups serialise"),
+            };
+            self.rollups_pending.push(record.encode());
+        }
+        self.metrics.rollup_windows_emitted.inc_by(closed.len() as u64);
+        let wal = self.wal.as_ref().expect("wal");
+        let room = self.rollups_pending.iter().all(|r| wal.has_room_for(r.len())) && !self.rollups_pending.is_empty();
+        if !room {
+            return Ok(());
+        }
+        let records = std::mem::take(&mut self.rollups_pending);
+        let mut wal = self.wal.take().expect("wal");
+        let (wal, records, seqs) = tokio::task::spawn_blocking(move || {
+            let seqs = (|| {
+                let seqs = records.iter().map(|r| wal.append(r)).collect::<Result<Vec<_>, _>>()?;
+                wal.commit()?;
+                Ok::<_, edubrain_wal::WalError>(seqs)
+            })();
+            (wal, records, seqs)
+        })
+        .await
+        .map_err(|e| EdgeError::Wal(format!("WAL commit panicked: {e}")))?;
+        let next_seq = wal.next_seq();
+        self.wal = Some(wal);
+        for (seq, bytes) in seqs?.into_iter().zip(records) {
+            let _ = self.hot.try_send((seq, Arc::new(bytes), None));
+        }
+        self.committed.send_replace(next_seq);
+        Ok(())
+    }
+
+    /// Defers `publish` when its terminal is over budget and the event id can be read to say
+    /// so. An unreadable message goes on to classification (and the dead-letter topic).
+    fn throttle(&mut self, publish: Publish, received: Instant) -> Result<Classified, Publish> {
+        let Admission::RetryAfter(after) = self.limiter.admit(&publish.topic, received) else { return Err(publish) };
+        let Some((id, topic)) = peek_event_id(&publish.payload).zip(TerminalTopic::parse(&publish.topic).ok()) else {
+            return Err(publish);
+        };
+        self.metrics.events_throttled.inc();
+        Ok(Classified { publish, record: None, ack: Some((topic.acks_topic(), TerminalAck::Deferred(id, after))), received })
     }
 
     async fn truncate(&mut self) -> Result<(), EdgeError> {

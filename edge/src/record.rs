@@ -13,6 +13,7 @@ const VERSION: u8 = 1;
 pub enum Destination {
     Events,
     DeadLetter,
+    Rollups,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,8 +28,15 @@ pub struct WalRecord {
 }
 
 /// Header names the edge writes; decoding maps them back to these statics.
-pub const HEADER_NAMES: [&str; 6] =
-    ["edubrain.received_ms", "edubrain.edge_city", "edubrain.rule", "edubrain.field", "edubrain.reason", "edubrain.mqtt_topic"];
+pub const HEADER_NAMES: [&str; 7] = [
+    "edubrain.received_ms",
+    "edubrain.edge_city",
+    "edubrain.rule",
+    "edubrain.field",
+    "edubrain.reason",
+    "edubrain.mqtt_topic",
+    "edubrain.clock_flag",
+];
 
 impl WalRecord {
     pub fn encode(&self) -> Vec<u8> {
@@ -37,6 +45,7 @@ impl WalRecord {
         out.push(match self.destination {
             Destination::Events => 0,
             Destination::DeadLetter => 1,
+            Destination::Rollups => 2,
         });
         out.push(u8::from(self.event_id.is_some()));
         out.extend_from_slice(&self.event_id.unwrap_or(0).to_le_bytes());
@@ -60,6 +69,7 @@ impl WalRecord {
         let destination = match r.u8()? {
             0 => Destination::Events,
             1 => Destination::DeadLetter,
+            2 => Destination::Rollups,
             d => return Err(EdgeError::Wal(format!("unknown destination {d}"))),
         };
         let has_id = r.u8()? == 1;

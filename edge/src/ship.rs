@@ -191,6 +191,7 @@ impl Shipper {
         let topic = match record.destination {
             Destination::Events => self.kafka.events_topic.clone(),
             Destination::DeadLetter => self.kafka.deadletter_topic.clone(),
+            Destination::Rollups => self.kafka.rollups_topic.clone(),
         };
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
         for (name, value) in &record.headers {

@@ -14,6 +14,10 @@ fn deploy_edge_configs_load() {
         let c = EdgeConfig::load(&deploy(file)).unwrap();
         assert_eq!(c.city, city);
         assert_eq!(c.client_id(), format!("edubrain-edge-{city}"));
+        // The files spell out the defaults, so what they say is what an edge does without them.
+        let defaults = EdgeConfig::for_city(city);
+        assert_eq!((&c.rate_limit, &c.rollup), (&defaults.rate_limit, &defaults.rollup));
+        assert_eq!(c.kafka.rollups_topic, defaults.kafka.rollups_topic);
     }
 }
 
@@ -39,4 +43,13 @@ fn unknown_keys_and_unsafe_overrides_are_refused() {
     assert!(EdgeConfig::load(&p).unwrap_err().to_string().contains("mqtt_port"));
     std::fs::write(&p, "city = \"c01\"\n[kafka.producer]\nacks = \"1\"\n").unwrap();
     assert!(EdgeConfig::load(&p).unwrap_err().to_string().contains("acks"));
+}
+
+#[test]
+fn a_rate_limit_that_admits_nothing_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("e.toml");
+    std::fs::write(&p, "city = \"c01\"\n[wal]\ndir = \"/tmp/w\"\n[rate_limit]\nevents_per_second = 0.0\n").unwrap();
+    let err = EdgeConfig::load(&p).unwrap_err().to_string();
+    assert!(err.contains("rate_limit.events_per_second"), "{err}");
 }

@@ -12,6 +12,8 @@ use crate::validate::check_id;
 pub const MQTT_PREFIX: &str = "edubrain/v1";
 pub const KAFKA_EVENTS_TOPIC: &str = "edubrain.events.v1";
 pub const KAFKA_DEADLETTER_TOPIC: &str = "edubrain.deadletter.v1";
+/// Per-window rollups of each classroom and device (see the edge's `rollup` module).
+pub const KAFKA_ROLLUPS_TOPIC: &str = "edubrain.rollups.v1";
 
 /// The identity a terminal publishes under.
 #[derive(Debug, Clone, PartialEq, Eq)]

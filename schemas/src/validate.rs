@@ -1,5 +1,6 @@
-//! Validation rules beyond decoding: identifier formats, plausible times, value ranges and the
-//! privacy rules (student ids must arrive pseudonymised). Pure: the caller passes `now`.
+//! Validation rules beyond decoding: identifier formats, value ranges and the privacy rules
+//! (student ids must arrive pseudonymised), plus the clock check that flags, rather than
+//! rejects, events from devices whose clock is wrong. Pure: the caller passes `now`.
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 
@@ -9,9 +10,9 @@ use crate::event::{Event, EventBody};
 /// Limits that depend on deployment rather than on the contract.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ValidationPolicy {
-    /// Events whose device clock is further ahead of the validator's clock are rejected.
+    /// Events whose device clock is further ahead of the receiver's clock are flagged.
     pub max_clock_ahead: Duration,
-    /// Events older than this instant are rejected (dead device clocks report 1970).
+    /// Events before this instant are flagged (a device whose clock was never set reports 1970).
     pub oldest_event_time: DateTime<Utc>,
 }
 
@@ -53,28 +54,53 @@ fn check_pseudonym(field: &str, value: &str) -> Result<(), SchemaError> {
     }
 }
 
-/// Checks every rule of the contract on a decoded event.
-pub fn validate(event: &Event, now: DateTime<Utc>, policy: &ValidationPolicy) -> Result<(), SchemaError> {
+/// What is wrong with a device's clock, judged against the receiver's clock.
+///
+/// A wrong clock does not make an event invalid: the lesson still happened. Such an event is
+/// kept with both times (the device's `event_time` and the edge's `received_time`) and this
+/// flag, and the warehouse files it under the day it was received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClockFlag {
+    /// Before [`ValidationPolicy::oldest_event_time`]: the clock was never set (1970) or reset.
+    DeviceClockUnset,
+    /// More than [`ValidationPolicy::max_clock_ahead`] ahead of the receiver.
+    DeviceClockAhead,
+}
+
+impl ClockFlag {
+    /// The flag as stored in the warehouse and sent in the `edubrain.clock_flag` Kafka header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClockFlag::DeviceClockUnset => "device_clock_unset",
+            ClockFlag::DeviceClockAhead => "device_clock_ahead",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [ClockFlag::DeviceClockUnset, ClockFlag::DeviceClockAhead].into_iter().find(|f| f.as_str() == s)
+    }
+}
+
+/// Flags an implausible device clock; `None` when `event_time` is plausible at `now`.
+pub fn clock_flag(event_time: DateTime<Utc>, now: DateTime<Utc>, policy: &ValidationPolicy) -> Option<ClockFlag> {
+    if event_time < policy.oldest_event_time {
+        Some(ClockFlag::DeviceClockUnset)
+    } else if event_time > now + policy.max_clock_ahead {
+        Some(ClockFlag::DeviceClockAhead)
+    } else {
+        None
+    }
+}
+
+/// Checks every rule of the contract on a decoded event and flags an implausible clock.
+pub fn validate(event: &Event, now: DateTime<Utc>, policy: &ValidationPolicy) -> Result<Option<ClockFlag>, SchemaError> {
     let h = &event.header;
     check_id("city", &h.city)?;
     check_id("school", &h.school)?;
     check_id("classroom", &h.classroom)?;
     check_id("terminal", &h.terminal)?;
-    if h.event_time < policy.oldest_event_time {
-        return Err(reject(
-            "event_time",
-            "clock_plausible",
-            format!("{} is before {} (device clock not set?)", h.event_time, policy.oldest_event_time),
-        ));
-    }
-    if h.event_time > now + policy.max_clock_ahead {
-        return Err(reject(
-            "event_time",
-            "clock_plausible",
-            format!("{} is more than {}h ahead of the receiver's clock {now}", h.event_time, policy.max_clock_ahead.num_hours()),
-        ));
-    }
-    validate_body(&event.body)
+    validate_body(&event.body)?;
+    Ok(clock_flag(h.event_time, now, policy))
 }
 
 fn validate_body(body: &EventBody) -> Result<(), SchemaError> {

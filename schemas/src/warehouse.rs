@@ -30,6 +30,8 @@ pub fn event_file_schema() -> SchemaRef {
         req("terminal", Utf8),
         req("event_time", ts()),
         req("received_time", ts()),
+        // `device_clock_unset` / `device_clock_ahead` when event_time is implausible (see validate).
+        opt("clock_flag", Utf8),
         opt("device_id", Utf8),
         opt("device_kind", Utf8),
         opt("uptime_s", UInt64),

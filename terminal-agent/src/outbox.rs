@@ -8,7 +8,8 @@
 //! wait (the simulator) or pass the refusal on (the local ingest API answers 507).
 //!
 //! Resends: an event not acknowledged within `resend_after` of its last send is sent again, in
-//! creation order; the same `event_id` lets the edge drop the duplicate and ack it again.
+//! creation order; the same `event_id` lets the edge drop the duplicate and ack it again. An
+//! event the edge deferred (its rate limit) is resent once its `retry_after` has passed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -55,6 +56,8 @@ struct Pending {
     event_id: Uuid,
     payload: Arc<Vec<u8>>,
     last_sent: Option<Instant>,
+    /// Set by a deferral: resend at this instant, not `resend_after` after the last send.
+    retry_at: Option<Instant>,
 }
 
 /// What an ack did to the outbox.
@@ -62,6 +65,8 @@ struct Pending {
 pub struct AckOutcome {
     pub durable: usize,
     pub rejected: usize,
+    /// Still pending: the edge asked for a resend later.
+    pub deferred: usize,
 }
 
 #[derive(Debug)]
@@ -93,7 +98,7 @@ impl Outbox {
                 continue;
             };
             outbox.by_id.insert(event_id, seq);
-            outbox.pending.insert(seq, Pending { event_id, payload: Arc::new(payload), last_sent: None });
+            outbox.pending.insert(seq, Pending { event_id, payload: Arc::new(payload), last_sent: None, retry_at: None });
         }
         Ok(outbox)
     }
@@ -113,7 +118,7 @@ impl Outbox {
                 Ok(seq) => {
                     let payload = Arc::new(payload);
                     self.by_id.insert(id, seq);
-                    self.pending.insert(seq, Pending { event_id: id, payload: payload.clone(), last_sent: None });
+                    self.pending.insert(seq, Pending { event_id: id, payload: payload.clone(), last_sent: None, retry_at: None });
                     written.push((id, payload));
                 }
                 Err(WalError::Full { .. }) => break,
@@ -143,12 +148,14 @@ impl Outbox {
         for id in ids {
             if let Some(p) = self.by_id.get(&id).and_then(|s| self.pending.get_mut(s)) {
                 p.last_sent = Some(now);
+                p.retry_at = None;
             }
         }
     }
 
-    /// Applies an edge ack: acknowledged and rejected events leave the outbox.
-    pub fn ack(&mut self, ack: &EdgeAck) -> Result<AckOutcome, AgentError> {
+    /// Applies an edge ack received at `now`: acknowledged and rejected events leave the
+    /// outbox; deferred ones stay and are due again after the ack's `retry_after_ms`.
+    pub fn ack(&mut self, ack: &EdgeAck, now: Instant) -> Result<AckOutcome, AgentError> {
         let mut out = AckOutcome::default();
         for id in &ack.durable {
             if self.remove(id) {
@@ -159,6 +166,13 @@ impl Outbox {
             if self.remove(&r.event_id) {
                 tracing::warn!(event_id = %r.event_id, rule = %r.rule, reason = %r.reason, "the edge rejected an event (kept in its dead-letter topic)");
                 out.rejected += 1;
+            }
+        }
+        let retry_at = now + Duration::from_millis(ack.retry_after_ms);
+        for id in &ack.deferred {
+            if let Some(p) = self.by_id.get(id).and_then(|s| self.pending.get_mut(s)) {
+                p.retry_at = Some(retry_at);
+                out.deferred += 1;
             }
         }
         if out.durable + out.rejected > 0 {
@@ -177,18 +191,18 @@ impl Outbox {
 
     /// Events never sent, or sent more than `resend_after` ago, oldest first (at most `max`);
     /// they are marked as sent at `now`.
-    pub fn due(&mut self, now: Instant, max: usize) -> Vec<OutboxEvent> {
-        let mut out = Vec::new();
-        for p in self.pending.values_mut() {
-            if out.len() >= max {
-                break;
-            }
-            if p.last_sent.is_none_or(|t| now.duration_since(t) >= self.resend_after) {
-                p.last_sent = Some(now);
-                out.push((p.event_id, p.payload.clone()));
-            }
-        }
-        out
+    /// Up to `max` events due at `now`, oldest first. They stay due until
+    /// [`Outbox::mark_sent`] says they went out.
+    pub fn due(&self, now: Instant, max: usize) -> Vec<OutboxEvent> {
+        self.pending
+            .values()
+            .filter(|p| match p.retry_at {
+                Some(at) => now >= at,
+                None => p.last_sent.is_none_or(|t| now.duration_since(t) >= self.resend_after),
+            })
+            .take(max)
+            .map(|p| (p.event_id, p.payload.clone()))
+            .collect()
     }
 
     /// Forgets when events were sent, so all are due (after a reconnect: a new session has
@@ -229,16 +243,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut o = Outbox::open(dir.path(), &config()).unwrap();
         o.push((1..=5).map(ev).collect()).unwrap();
-        o.ack(&EdgeAck { durable: vec![Uuid::from_u128(2)], rejected: vec![] }).unwrap();
+        let now = Instant::now();
+        o.ack(&EdgeAck { durable: vec![Uuid::from_u128(2)], ..EdgeAck::default() }, now).unwrap();
         let outcome = o
-            .ack(&EdgeAck {
-                durable: vec![Uuid::from_u128(2), Uuid::from_u128(99)],
-                rejected: vec![RejectedEvent { event_id: Uuid::from_u128(4), rule: "range".into(), reason: "r".into() }],
-            })
+            .ack(
+                &EdgeAck {
+                    durable: vec![Uuid::from_u128(2), Uuid::from_u128(99)],
+                    rejected: vec![RejectedEvent { event_id: Uuid::from_u128(4), rule: "range".into(), reason: "r".into() }],
+                    ..EdgeAck::default()
+                },
+                now,
+            )
             .unwrap();
-        assert_eq!(outcome, AckOutcome { durable: 0, rejected: 1 }, "repeat and unknown acks are harmless");
+        assert_eq!(outcome, AckOutcome { durable: 0, rejected: 1, deferred: 0 }, "repeat and unknown acks are harmless");
         std::mem::forget(o); // kill -9
-        let mut o = Outbox::open(dir.path(), &config()).unwrap();
+        let o = Outbox::open(dir.path(), &config()).unwrap();
         let ids: Vec<u128> = o.due(Instant::now(), 100).iter().map(|(id, _)| id.as_u128()).collect();
         // 1, 3 and 5 were never acked, so they are back. 2 and 4 were, but only the acked
         // prefix is persisted (1 was still pending), so they come back too: a resend the edge
@@ -252,11 +271,41 @@ mod tests {
         let mut o = Outbox::open(dir.path(), &config()).unwrap();
         let t0 = Instant::now();
         o.push((1..=3).map(ev).collect()).unwrap();
-        assert_eq!(o.due(t0, 2).len(), 2);
-        assert_eq!(o.due(t0, 10).len(), 1, "only the one not yet sent");
+        let ids = |due: Vec<OutboxEvent>| due.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+        let first = ids(o.due(t0, 2));
+        assert_eq!(first.len(), 2);
+        assert_eq!(ids(o.due(t0, 10)).len(), 3, "due until marked sent");
+        o.mark_sent(first, t0);
+        let rest = ids(o.due(t0, 10));
+        assert_eq!(rest, vec![Uuid::from_u128(3)], "only the one not yet sent");
+        o.mark_sent(rest, t0);
         assert!(o.due(t0 + Duration::from_millis(999), 10).is_empty());
         let again: Vec<u128> = o.due(t0 + Duration::from_secs(1), 10).iter().map(|(i, _)| i.as_u128()).collect();
         assert_eq!(again, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn deferred_events_stay_and_come_back_after_the_edges_delay() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = Outbox::open(dir.path(), &config()).unwrap();
+        let t0 = Instant::now();
+        o.push((1..=3).map(ev).collect()).unwrap();
+        let sent: Vec<Uuid> = o.due(t0, 10).into_iter().map(|(id, _)| id).collect();
+        assert_eq!(sent.len(), 3);
+        o.mark_sent(sent, t0);
+        let deferred = EdgeAck {
+            durable: vec![Uuid::from_u128(1)],
+            deferred: vec![Uuid::from_u128(2), Uuid::from_u128(3)],
+            retry_after_ms: 300,
+            ..EdgeAck::default()
+        };
+        assert_eq!(o.ack(&deferred, t0).unwrap(), AckOutcome { durable: 1, rejected: 0, deferred: 2 });
+        assert_eq!(o.len(), 2, "a deferral is not an acknowledgement");
+        assert!(o.due(t0 + Duration::from_millis(299), 10).is_empty());
+        let again: Vec<u128> = o.due(t0 + Duration::from_millis(300), 10).iter().map(|(i, _)| i.as_u128()).collect();
+        assert_eq!(again, vec![2, 3], "sooner than the 1 s resend timeout, oldest first");
+        o.mark_sent([2, 3].map(Uuid::from_u128), t0 + Duration::from_millis(300));
+        assert!(o.due(t0 + Duration::from_millis(301), 10).is_empty(), "then the normal timeout applies again");
     }
 
     #[test]
@@ -275,7 +324,7 @@ mod tests {
         assert!(err.to_string().contains("outbox"), "{err}");
         assert_eq!(o.len() as u128, i - 1, "everything before the refusal is kept");
         let acked: Vec<Uuid> = (1..i / 2).map(Uuid::from_u128).collect();
-        o.ack(&EdgeAck { durable: acked, rejected: vec![] }).unwrap();
+        o.ack(&EdgeAck { durable: acked, ..EdgeAck::default() }, Instant::now()).unwrap();
         assert_eq!(o.push(vec![ev(i)]).unwrap().len(), 1, "room again after acks freed a segment");
     }
 }

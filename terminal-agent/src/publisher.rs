@@ -27,11 +27,14 @@ pub struct MqttTarget {
     /// password derived from it ([`edubrain_schemas::identity`]). None: anonymous.
     #[serde(default)]
     pub provisioning_secret: Option<String>,
+    /// This device's own password (a real terminal's, read from a file); wins over the secret.
+    #[serde(skip)]
+    pub password: Option<String>,
 }
 
 impl MqttTarget {
     pub fn new(host: &str, port: u16) -> Self {
-        Self { host: host.into(), port, provisioning_secret: None }
+        Self { host: host.into(), port, provisioning_secret: None, password: None }
     }
 
     pub fn with_secret(mut self, secret: &str) -> Self {
@@ -50,7 +53,9 @@ impl MqttTarget {
     /// MQTT options for a client logging in as `username` (also its client id).
     fn options(&self, username: &str) -> MqttOptions {
         let mut opts = MqttOptions::new(username, self.host.clone(), self.port);
-        if let Some(secret) = &self.provisioning_secret {
+        if let Some(password) = &self.password {
+            opts.set_credentials(username, password.clone());
+        } else if let Some(secret) = &self.provisioning_secret {
             opts.set_credentials(username, derived_password(secret.as_bytes(), username));
         }
         opts
@@ -87,6 +92,8 @@ pub struct PublishProgress {
     pub rejected: AtomicU64,
     /// Unacknowledged events sent again.
     pub resent: AtomicU64,
+    /// Events the edge deferred (rate limit); each is resent after the edge's delay.
+    pub deferred: AtomicU64,
     /// Times a terminal's outbox was full and it waited.
     pub outbox_full: AtomicU64,
 }
@@ -229,11 +236,76 @@ pub async fn publish_terminal_durable(
     progress: Arc<PublishProgress>,
     shutdown: CancellationToken,
 ) -> Result<u64, AgentError> {
+    let outbox = Arc::new(std::sync::Mutex::new(outbox));
+    let (fresh_tx, fresh_rx) = tokio::sync::mpsc::unbounded_channel();
+    let create = async {
+        let mut next = 0usize;
+        let mut full_logged = false;
+        while next < events.len() {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep_until(pacing.due(events[next].header.event_time)) => {}
+            }
+            let now = Instant::now();
+            let mut batch = Vec::new();
+            while let Some(e) = events.get(next).filter(|e| pacing.due(e.header.event_time) <= now) {
+                batch.push((e.header.event_id, e.to_json()));
+                next += 1;
+            }
+            let n = batch.len();
+            let written = push_to_outbox(&outbox, batch).await?;
+            if written.len() < n {
+                // Full: keep the refused events (the simulator's classroom waits) and retry.
+                next -= n - written.len();
+                progress.outbox_full.fetch_add(1, Ordering::Relaxed);
+                if !full_logged {
+                    tracing::warn!(error = %outbox.lock().expect("outbox lock").full_error(), "outbox full; waiting for acks");
+                    full_logged = true;
+                }
+                tokio::time::sleep(RESEND_CHECK).await;
+            } else {
+                full_logged = false;
+            }
+            progress.published.fetch_add(written.len() as u64, Ordering::Relaxed);
+            let _ = fresh_tx.send(written);
+        }
+        drop(fresh_tx);
+        Ok::<_, AgentError>(())
+    };
+    let send = send_outbox(target, topic, outbox.clone(), fresh_rx, progress.clone(), shutdown.clone());
+    let ((), acked) = tokio::try_join!(create, send)?;
+    Ok(acked)
+}
+
+/// Writes `batch` to the outbox (one fsync) off the async threads; returns what was written
+/// (less than given when the outbox is full).
+pub async fn push_to_outbox(
+    outbox: &Arc<std::sync::Mutex<crate::outbox::Outbox>>,
+    batch: Vec<(uuid::Uuid, Vec<u8>)>,
+) -> Result<Vec<crate::outbox::OutboxEvent>, AgentError> {
+    let ob = outbox.clone();
+    tokio::task::spawn_blocking(move || ob.lock().expect("outbox lock").push(batch))
+        .await
+        .map_err(|e| AgentError::Outbox(format!("outbox write panicked: {e}")))?
+}
+
+/// Sends a terminal's outbox to its edge over one MQTT connection and applies the edge's acks:
+/// events handed in on `fresh` (already durable in `outbox`) go out at once, unacknowledged
+/// ones again after the resend timeout or a reconnect, deferred ones after the edge's delay.
+/// Returns how many events the edge acknowledged once `fresh` is closed and the outbox is
+/// empty, or at shutdown.
+pub async fn send_outbox(
+    target: &MqttTarget,
+    topic: &TerminalTopic,
+    outbox: Arc<std::sync::Mutex<crate::outbox::Outbox>>,
+    mut fresh: tokio::sync::mpsc::UnboundedReceiver<Vec<crate::outbox::OutboxEvent>>,
+    progress: Arc<PublishProgress>,
+    shutdown: CancellationToken,
+) -> Result<u64, AgentError> {
     let opts = target.terminal_options(topic);
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
     let events_topic = topic.events_topic();
     let acks_topic = topic.acks_topic();
-    let outbox = Arc::new(std::sync::Mutex::new(outbox));
 
     // The event loop is polled continuously (keepalives, acks) whatever the publisher does.
     let (to_terminal, mut from_broker) = tokio::sync::mpsc::unbounded_channel();
@@ -277,59 +349,38 @@ pub async fn publish_terminal_durable(
         (handle, stop_guard)
     };
 
+    // Publishes `items` and marks them sent. Never waits on the client: an event the full
+    // request queue refuses stays due and goes out with the next resend tick (marking it sent
+    // would park it for the whole resend timeout, which the rate-limit test caught).
     let send = |items: Vec<crate::outbox::OutboxEvent>| {
-        let mut sent = 0u64;
-        for (_, payload) in items {
-            // Never wait on the client here: a full request queue (broker away) just means the
-            // event stays in the outbox and goes out with the next resend.
-            if client.try_publish(events_topic.as_str(), QoS::AtLeastOnce, false, payload.to_vec()).is_ok() {
-                sent += 1;
+        let mut sent = Vec::with_capacity(items.len());
+        for (id, payload) in items {
+            if client.try_publish(events_topic.as_str(), QoS::AtLeastOnce, false, payload.to_vec()).is_err() {
+                break;
             }
+            sent.push(id);
         }
-        sent
+        let n = sent.len() as u64;
+        outbox.lock().expect("outbox lock").mark_sent(sent, Instant::now().into_std());
+        n
     };
 
-    let mut next = 0usize;
     let mut acked = 0u64;
     let mut connected = false;
+    let mut fresh_open = true;
     let mut resend = tokio::time::interval(RESEND_CHECK);
-    let mut full_logged = false;
     let result = loop {
-        if next == events.len() && outbox.lock().expect("outbox lock").is_empty() {
+        if !fresh_open && outbox.lock().expect("outbox lock").is_empty() {
             break Ok(acked);
         }
-        let due_at = events.get(next).map(|e| pacing.due(e.header.event_time));
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(acked),
-            _ = async { tokio::time::sleep_until(due_at.expect("guarded")).await }, if due_at.is_some() => {
-                let now = Instant::now();
-                let mut batch = Vec::new();
-                while let Some(e) = events.get(next).filter(|e| pacing.due(e.header.event_time) <= now) {
-                    batch.push((e.header.event_id, e.to_json()));
-                    next += 1;
-                }
-                let n = batch.len();
-                let ob = outbox.clone();
-                let written = tokio::task::spawn_blocking(move || ob.lock().expect("outbox lock").push(batch))
-                    .await
-                    .map_err(|e| AgentError::Outbox(format!("outbox write panicked: {e}")))??;
-                if written.len() < n {
-                    // Full: keep the refused events (the simulator's classroom waits) and retry.
-                    next -= n - written.len();
-                    progress.outbox_full.fetch_add(1, Ordering::Relaxed);
-                    if !full_logged {
-                        tracing::warn!(error = %outbox.lock().expect("outbox lock").full_error(), "outbox full; waiting for acks");
-                        full_logged = true;
-                    }
-                    tokio::time::sleep(RESEND_CHECK).await;
-                }
-                progress.published.fetch_add(written.len() as u64, Ordering::Relaxed);
-                if connected {
-                    let ids: Vec<_> = written.iter().map(|(id, _)| *id).collect();
+            batch = fresh.recv(), if fresh_open => match batch {
+                None => fresh_open = false,
+                Some(written) => if connected {
                     send(written);
-                    outbox.lock().expect("outbox lock").mark_sent(ids, Instant::now().into_std());
-                }
-            }
+                },
+            },
             Some(msg) = from_broker.recv() => match msg {
                 FromBroker::Connected => {
                     connected = true;
@@ -340,14 +391,15 @@ pub async fn publish_terminal_durable(
                 FromBroker::Ack(bytes) => match EdgeAck::from_json(&bytes) {
                     Ok(ack) => {
                         let ob = outbox.clone();
-                        let outcome = tokio::task::spawn_blocking(move || ob.lock().expect("outbox lock").ack(&ack))
+                        let now = Instant::now().into_std();
+                        let outcome = tokio::task::spawn_blocking(move || ob.lock().expect("outbox lock").ack(&ack, now))
                             .await
                             .map_err(|e| AgentError::Outbox(format!("outbox ack panicked: {e}")))??;
                         let n = (outcome.durable + outcome.rejected) as u64;
                         acked += n;
                         progress.acked.fetch_add(n, Ordering::Relaxed);
                         progress.rejected.fetch_add(outcome.rejected as u64, Ordering::Relaxed);
-                        full_logged = false;
+                        progress.deferred.fetch_add(outcome.deferred as u64, Ordering::Relaxed);
                     }
                     Err(e) => tracing::warn!(error = %e, topic = %acks_topic, "unreadable ack from the edge; ignored"),
                 },

@@ -547,7 +547,8 @@ mod tests {
         let now = Utc.with_ymd_and_hms(2026, 9, 12, 0, 0, 0).unwrap();
         for e in &events {
             let back = Event::from_json(&e.to_json()).unwrap();
-            validate(&back, now, &ValidationPolicy::default()).unwrap_or_else(|err| panic!("{err}: {e:?}"));
+            let clock = validate(&back, now, &ValidationPolicy::default()).unwrap_or_else(|err| panic!("{err}: {e:?}"));
+            assert_eq!(clock, None, "simulated clocks are right: {e:?}");
             assert_eq!(e.header.event_id.get_version_num(), 4);
         }
         let counts = count_by_type(&events);
