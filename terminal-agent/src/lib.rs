@@ -3,13 +3,19 @@
 //! - [`province`]: builds a realistic province (registry, classrooms, teachers, resources) from a seed.
 //! - [`simulate`]: pure simulation of a school week's events, time and seed passed in.
 //! - [`outbox`]: the durable outbox; events leave it only when the edge acks them.
-//! - [`publisher`]: publishes a terminal's events over MQTT QoS 1, paced to simulated time.
+//! - [`publisher`]: sends a terminal's outbox over MQTT QoS 1 and applies the edge's acks;
+//!   paces simulated events to wall time.
+//! - [`local_ingest`]: the HTTP interface real classroom software posts events to (validated,
+//!   student ids pseudonymised, into the outbox).
+//! - [`terminal`]: one real terminal (the `serve` command): local ingest + outbox + sender.
 //! - [`run`]: simulate a province and publish every terminal's events (the `simulate` command).
 
+pub mod local_ingest;
 pub mod outbox;
 pub mod province;
 pub mod publisher;
 pub mod simulate;
+pub mod terminal;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

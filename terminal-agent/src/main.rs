@@ -21,6 +21,13 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Run one classroom terminal: the local ingest interface classroom software posts events
+    /// to, the durable outbox, and the MQTT connection to the city's edge.
+    Serve {
+        /// TOML config (see deploy/terminal.toml); EDUBRAIN_AGENT_* variables override it.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Write the broker logins of the configured province (every terminal, one edge per city)
     /// as `user:password` lines, for `mosquitto_passwd -U`.
     Passwords {
@@ -50,6 +57,14 @@ async fn main() -> anyhow::Result<()> {
             let shutdown = edubrain_process::shutdown_on_signals();
             let summary = edubrain_agent::run(config, Arc::new(PublishProgress::default()), shutdown).await?;
             println!("{} terminals published {} events, {} acknowledged", summary.terminals, summary.created, summary.acked);
+        }
+        Command::Serve { config } => {
+            let config = edubrain_agent::terminal::TerminalConfig::load(&config)?;
+            let shutdown = edubrain_process::shutdown_on_signals();
+            let terminal = edubrain_agent::terminal::start(config, shutdown).await?;
+            eprintln!("local ingest on http://{}/v1/events", terminal.addr);
+            let acked = terminal.wait().await?;
+            eprintln!("stopped; the edge acknowledged {acked} events this run");
         }
         Command::Passwords { config, secret_file, out } => {
             let config = load_config(config.as_deref())?;

@@ -17,3 +17,11 @@ fn unknown_keys_are_refused_by_name() {
     let err = edubrain_agent::load_config(Some(&p)).unwrap_err().to_string();
     assert!(err.contains("schools"), "{err}");
 }
+
+#[test]
+fn deploy_terminal_config_loads() {
+    let c = edubrain_agent::terminal::TerminalConfig::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/terminal.toml")).unwrap();
+    assert_eq!(c.identity.topic().events_topic(), "edubrain/v1/c01/c01-s001/c01-s001-r01/t-c01-s001-r01/events");
+    assert_eq!(c.listen, "127.0.0.1:8731");
+    assert_eq!(c.outbox, edubrain_agent::outbox::OutboxConfig::default());
+}
