@@ -62,9 +62,18 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("brokers/ lives in the workspace").to_path_buf()
 }
 
+fn mosquitto_binary() -> Result<PathBuf, BrokerError> {
+    find_binary(
+        "mosquitto",
+        "EDUBRAIN_MOSQUITTO",
+        &[PathBuf::from("/usr/sbin/mosquitto"), PathBuf::from("/usr/bin/mosquitto")],
+        "run scripts/ensure-tools (apt-get install mosquitto)",
+    )
+}
+
 /// A Mosquitto broker owned by this process.
 pub struct Mosquitto {
-    _child: KillOnDrop,
+    child: KillOnDrop,
     pub port: u16,
     pub dir: PathBuf,
 }
@@ -74,12 +83,7 @@ impl Mosquitto {
     /// persisting into `dir`, with a password file holding `users` (username, password).
     pub fn start(dir: &Path, users: &[(String, String)]) -> Result<Self, BrokerError> {
         let spawn_err = |e| BrokerError::Spawn { what: "mosquitto", source: e };
-        let bin = find_binary(
-            "mosquitto",
-            "EDUBRAIN_MOSQUITTO",
-            &[PathBuf::from("/usr/sbin/mosquitto"), PathBuf::from("/usr/bin/mosquitto")],
-            "run scripts/ensure-tools (apt-get install mosquitto)",
-        )?;
+        mosquitto_binary()?;
         std::fs::create_dir_all(dir).map_err(spawn_err)?;
         // Plain `user:password` lines, then hashed in place by mosquitto_passwd (one process for
         // every user, rather than one per user).
@@ -110,16 +114,33 @@ impl Mosquitto {
             acl.display()
         )
         .map_err(spawn_err)?;
-        let log = dir.join("mosquitto.log");
-        let mut child = Command::new(bin)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).map_err(|e| BrokerError::Spawn { what: "mosquitto", source: e })?)
-            .spawn()
-            .map_err(|e| BrokerError::Spawn { what: "mosquitto", source: e })?;
-        wait_ready("mosquitto", port, &log, &mut child)?;
-        Ok(Self { _child: KillOnDrop(child), port, dir: dir.to_path_buf() })
+        drop(f);
+        let mut m = Self { child: Self::spawn(dir)?, port, dir: dir.to_path_buf() };
+        wait_ready("mosquitto", port, &dir.join("mosquitto.log"), &mut m.child.0)?;
+        Ok(m)
+    }
+
+    fn spawn(dir: &Path) -> Result<KillOnDrop, BrokerError> {
+        let bin = mosquitto_binary()?;
+        let spawn_err = |e| BrokerError::Spawn { what: "mosquitto", source: e };
+        // Appended: a restarted broker's log follows the killed one's.
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("mosquitto.log")).map_err(spawn_err)?;
+        let child =
+            Command::new(bin).arg("-c").arg(dir.join("mosquitto.conf")).stdout(Stdio::null()).stderr(log).spawn().map_err(spawn_err)?;
+        Ok(KillOnDrop(child))
+    }
+
+    /// SIGKILL: no shutdown, no last save of its persistence file.
+    pub fn kill9(&mut self) {
+        let _ = self.child.0.kill();
+        let _ = self.child.0.wait();
+    }
+
+    /// Starts again on the same port, config and persistence directory.
+    pub fn restart(&mut self) -> Result<(), BrokerError> {
+        self.kill9();
+        self.child = Self::spawn(&self.dir)?;
+        wait_ready("mosquitto", self.port, &self.dir.join("mosquitto.log"), &mut self.child.0)
     }
 }
 
@@ -200,6 +221,16 @@ impl Tansu {
         *self = Self::spawn(&self.dir.clone(), self.storage, self.port)?;
         self.wait()
     }
+
+    /// SIGSTOP: the process stays, its sockets stay open, and nothing answers (a hung broker).
+    pub fn freeze(&self) -> Result<(), BrokerError> {
+        self.child.signal("STOP")
+    }
+
+    /// SIGCONT after [`Tansu::freeze`].
+    pub fn thaw(&self) -> Result<(), BrokerError> {
+        self.child.signal("CONT")
+    }
 }
 
 /// A child process (a broker, an edge under test, a baseline bridge) that is killed when
@@ -209,6 +240,23 @@ pub struct KillOnDrop(pub Child);
 impl KillOnDrop {
     pub fn id(&self) -> u32 {
         self.0.id()
+    }
+
+    /// Sends `SIG{name}` with kill(1) (this workspace forbids `unsafe`, so no libc call).
+    pub fn signal(&self, name: &str) -> Result<(), BrokerError> {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.id().to_string())
+            .status()
+            .map_err(|e| BrokerError::Spawn { what: "kill", source: e })?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(BrokerError::Spawn {
+                what: "kill",
+                source: std::io::Error::other(format!("kill -{name} {} exited with {status}", self.id())),
+            })
+        }
     }
 }
 

@@ -1,12 +1,16 @@
-//! Kafka-protocol broker outages under load, with Tansu on its durable (sqlite) engine and
-//! killed with SIGKILL. Terminals keep publishing through their outboxes; the edge keeps
-//! acknowledging from its WAL; when the broker is back, the WAL drains, the cloud catches up,
-//! and every event created is in the warehouse exactly once.
+//! Broker faults under load, through real processes. Tansu runs on its durable (sqlite) engine.
+//! Terminals keep publishing through their outboxes the whole time; when the fault heals, the
+//! WAL drains, the cloud catches up, and every event created is in the warehouse exactly once.
 //!
-//! - a 60 s outage (override with `EDUBRAIN_FAULT_OUTAGE_SECS`), shorter than the producer's
-//!   `message.timeout.ms`: librdkafka retries on its own;
-//! - an outage longer than `message.timeout.ms` (set to 3 s here): deliveries fail and the edge
-//!   ships again from the oldest unconfirmed WAL record.
+//! - Kafka killed (SIGKILL) for 60 s (override with `EDUBRAIN_FAULT_OUTAGE_SECS`), shorter than
+//!   the producer's `message.timeout.ms`: the edge keeps acknowledging from its WAL and
+//!   librdkafka retries on its own;
+//! - Kafka killed for longer than `message.timeout.ms` (set to 3 s here): deliveries fail and
+//!   the edge ships again from the oldest unconfirmed WAL record;
+//! - Kafka frozen (SIGSTOP) past librdkafka's request timeout: connections stay open and
+//!   nothing answers, the hang a dead network path or a stuck disk gives;
+//! - the MQTT broker killed (SIGKILL) and restarted: messages it had acknowledged to terminals
+//!   but not yet delivered to the edge are gone from it, and the terminals' outboxes resend them.
 //!
 //! The first of these found that a failed offset commit during the outage ended the cloud's
 //! ingest for good; commits are now retried (cloud/src/ingest.rs).
@@ -31,11 +35,18 @@ struct Counts {
     cloud_commit_errors: u64,
 }
 
-async fn outage(outage: Duration, message_timeout_ms: Option<u64>) -> Counts {
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    KafkaKilled,
+    KafkaFrozen,
+    MqttKilled,
+}
+
+async fn outage(fault: Fault, outage: Duration, message_timeout_ms: Option<u64>) -> Counts {
     let dir = tempfile::tempdir().unwrap();
     let spec = ProvinceSpec { seed: 21, cities: 1, alliances_per_city: 1, schools_per_alliance: 4, classrooms_per_school: 3 };
     let p = province::build(&spec);
-    let mosquitto = Mosquitto::start(&dir.path().join("mosquitto"), &broker_users(&p, DEMO_PROVISIONING_SECRET)).unwrap();
+    let mut mosquitto = Mosquitto::start(&dir.path().join("mosquitto"), &broker_users(&p, DEMO_PROVISIONING_SECRET)).unwrap();
     let mut tansu = Tansu::start(&dir.path().join("tansu"), Storage::Sqlite).unwrap();
     let registry = dir.path().join("registry.csv");
     edubrain_agent::write_registry(&p, &registry).unwrap();
@@ -79,13 +90,26 @@ async fn outage(outage: Duration, message_timeout_ms: Option<u64>) -> Counts {
     while progress.published() < events.len() as u64 / 4 || rx.borrow_and_update().events_written == 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tansu.kill9();
     let acked_before = progress.acked();
+    let mqtt_errors_before = edge.metrics.mqtt_connection_errors.get();
+    match fault {
+        Fault::KafkaKilled => tansu.kill9(),
+        Fault::KafkaFrozen => tansu.freeze().unwrap(),
+        Fault::MqttKilled => mosquitto.kill9(),
+    }
     tokio::time::sleep(outage).await;
     let acked_during = progress.acked() - acked_before;
-    assert!(acked_during > 0, "the edge kept acknowledging from its WAL while Kafka was down");
-    assert!(edge.metrics.wal_unconfirmed_records.get() > 0, "the WAL held what Kafka could not take");
-    tansu.restart().unwrap();
+    if fault == Fault::MqttKilled {
+        assert!(edge.metrics.mqtt_connection_errors.get() > mqtt_errors_before, "the edge saw the broker go");
+    } else {
+        assert!(acked_during > 0, "the edge kept acknowledging from its WAL while Kafka was down");
+        assert!(edge.metrics.wal_unconfirmed_records.get() > 0, "the WAL held what Kafka could not take");
+    }
+    match fault {
+        Fault::KafkaKilled => tansu.restart().unwrap(),
+        Fault::KafkaFrozen => tansu.thaw().unwrap(),
+        Fault::MqttKilled => mosquitto.restart().unwrap(),
+    }
 
     let summary = publisher.await.unwrap().unwrap();
     assert_eq!(summary.acked, summary.created, "every event was acknowledged by the edge");
@@ -121,7 +145,7 @@ async fn outage(outage: Duration, message_timeout_ms: Option<u64>) -> Counts {
         cloud_commit_errors: cloud.metrics.commit_errors.get(),
     };
     eprintln!(
-        "outage {outage:?}: created {}, acked by the edge {} ({acked_during} during the outage), in the warehouse {}, edge replays {}, duplicates dropped by the cloud {}, cloud offset commits retried {}",
+        "{fault:?} for {outage:?}: created {}, acked by the edge {} ({acked_during} during the outage), in the warehouse {}, edge replays {}, duplicates dropped by the cloud {}, cloud offset commits retried {}",
         counts.created, counts.acked_by_edge, counts.in_warehouse, counts.edge_replays, counts.cloud_duplicates, counts.cloud_commit_errors
     );
     shutdown.cancel();
@@ -133,13 +157,28 @@ async fn outage(outage: Duration, message_timeout_ms: Option<u64>) -> Counts {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_killed_for_a_minute_loses_nothing() {
     let secs = std::env::var("EDUBRAIN_FAULT_OUTAGE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
-    let c = outage(Duration::from_secs(secs), None).await;
+    let c = outage(Fault::KafkaKilled, Duration::from_secs(secs), None).await;
     assert_eq!(c.in_warehouse, c.created);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_outage_beyond_message_timeout_is_replayed_from_the_wal() {
-    let c = outage(Duration::from_secs(12), Some(3000)).await;
+    let c = outage(Fault::KafkaKilled, Duration::from_secs(12), Some(3000)).await;
     assert_eq!(c.in_warehouse, c.created);
     assert!(c.edge_replays > 0, "deliveries failed and were shipped again from the WAL");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_frozen_past_the_request_timeout_loses_nothing() {
+    // librdkafka's request.timeout.ms is 30 s by default: requests to the frozen broker time out
+    // and are retried on the same (idempotent) producer; the cloud's commits fail and are retried.
+    let c = outage(Fault::KafkaFrozen, Duration::from_secs(35), None).await;
+    assert_eq!(c.in_warehouse, c.created);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_broker_killed_loses_nothing() {
+    let c = outage(Fault::MqttKilled, Duration::from_secs(5), None).await;
+    assert_eq!(c.in_warehouse, c.created);
+    assert_eq!(c.acked_by_edge, c.created);
 }

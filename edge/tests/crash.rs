@@ -1,10 +1,13 @@
-//! The edge process is killed with SIGKILL while terminals publish, then started again. Every
-//! event the terminals created still reaches the warehouse exactly once: the broker kept what
-//! the edge had not acknowledged, the edge's WAL replayed what it had acknowledged but Kafka had
-//! not confirmed, the terminals' outboxes resent what no ack came for, and repeats are dropped by
+//! The edge process is killed with SIGKILL at random moments while terminals publish (three
+//! times; `EDUBRAIN_FAULT_SEED` replays a run, the seed is printed), and once its WAL is left
+//! with a torn tail (a half-written frame, what a crash mid-append leaves). Every event the
+//! terminals created still reaches the warehouse exactly once: the broker kept what the edge had
+//! not acknowledged, the edge's WAL replayed what it had acknowledged but Kafka had not
+//! confirmed, the terminals' outboxes resent what no ack came for, and repeats are dropped by
 //! `event_id` at the edge and in the cloud.
 
 use std::collections::BTreeSet;
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +17,7 @@ use edubrain_agent::{DEMO_PROVISIONING_SECRET, MqttTarget, Pacing, ProvinceSpec,
 use edubrain_brokers::{KillOnDrop, Mosquitto, Storage, Tansu};
 use edubrain_cloud::CloudConfig;
 use edubrain_schemas::identity::derived_password;
+use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
 fn spawn_edge(config: &std::path::Path, mqtt_port: u16, kafka: &str, log: &std::path::Path) -> KillOnDrop {
@@ -30,6 +34,21 @@ fn spawn_edge(config: &std::path::Path, mqtt_port: u16, kafka: &str, log: &std::
             .spawn()
             .unwrap(),
     )
+}
+
+/// Appends the start of a frame whose declared length runs past the end of the newest segment.
+fn append_torn_frame(wal: &std::path::Path) {
+    let newest = std::fs::read_dir(wal)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .max()
+        .expect("the edge has a WAL segment");
+    let mut torn = 300u32.to_le_bytes().to_vec(); // length
+    torn.extend_from_slice(&[0xab; 4]); // crc
+    torn.extend_from_slice(&[0x01; 8]); // seq
+    torn.extend_from_slice(b"{\"event_id\":"); // 12 of the 300 payload bytes
+    std::fs::OpenOptions::new().append(true).open(&newest).unwrap().write_all(&torn).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,15 +108,33 @@ async fn edge_kill_9_loses_nothing_and_duplicates_nothing() {
         })
     };
 
-    // Kill the edge mid-stream: 30% of the day published and some of it already delivered.
+    // First kill mid-stream: 30% of the day published and some of it already delivered. Then
+    // two more, each after a random uptime, each down for a random while.
+    let seed: u64 = std::env::var("EDUBRAIN_FAULT_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_nanos() as u64);
+    eprintln!("EDUBRAIN_FAULT_SEED={seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut rx = cloud.progress.clone();
     while progress.published() < events.len() as u64 * 3 / 10 || rx.borrow_and_update().events_written == 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    drop(edge); // SIGKILL
-    let published_at_kill = progress.published();
-    tokio::time::sleep(Duration::from_millis(1500)).await; // terminals keep publishing meanwhile
-    let mut edge = spawn_edge(&config, mosquitto.port, &tansu.bootstrap(), &log);
+    let mut edge = edge;
+    let mut published_at_kills = Vec::new();
+    for kill in 0..3 {
+        if kill > 0 {
+            tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
+        }
+        drop(edge); // SIGKILL
+        published_at_kills.push(progress.published());
+        if kill == 1 {
+            append_torn_frame(&dir.path().join("edge-wal"));
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(200..1500))).await; // terminals keep publishing
+        edge = spawn_edge(&config, mosquitto.port, &tansu.bootstrap(), &log);
+    }
+    let published_at_kill = published_at_kills[0];
 
     let summary = publisher.await.unwrap().unwrap();
     assert_eq!(summary.acked, summary.created);
@@ -119,7 +156,7 @@ async fn edge_kill_9_loses_nothing_and_duplicates_nothing() {
     assert_eq!(stored.len(), ids.len(), "missing {:?}", ids.difference(&stored).take(5).collect::<Vec<_>>());
     assert_eq!(stored, ids);
     eprintln!(
-        "created {}, published before the kill {published_at_kill}, in the warehouse {}, redelivered duplicates dropped by the cloud {}",
+        "created {}, published at the kills {published_at_kills:?}, in the warehouse {}, redelivered duplicates dropped by the cloud {}",
         summary.created,
         stored.len(),
         cloud.metrics.events_duplicate.get()
@@ -137,7 +174,9 @@ async fn edge_kill_9_loses_nothing_and_duplicates_nothing() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(exit.success(), "edge exited with {exit}");
-    assert!(std::fs::read_to_string(&log).unwrap().contains("SIGTERM"));
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("SIGTERM"));
+    assert!(log.contains("torn_tail=true"), "the torn frame was found and set aside at the restart");
     shutdown.cancel();
     cloud.wait().await.unwrap();
 }
