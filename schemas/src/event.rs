@@ -511,13 +511,19 @@ fn envelope_error(e: &serde_json::Error) -> SchemaError {
     SchemaError::Decode { field: serde_field(e).unwrap_or_else(|| "$".into()), rule: serde_rule(e), message: format!("envelope: {e}") }
 }
 
-/// Pulls the field name out of serde's "missing field `x`" / "unknown field `x`" messages, so
-/// the rejection names the field even for structural errors.
+/// Pulls the field name out of serde's "missing field `x`" / "unknown field `x`, expected …"
+/// messages, so the rejection names the field even for structural errors. A sender's unknown
+/// key may itself hold backticks or be empty (both found by fuzzing): it is read up to serde's
+/// own "`, expected", and the empty key is named `""`.
 fn serde_field(e: &serde_json::Error) -> Option<String> {
     let msg = e.to_string();
     let start = msg.find('`')? + 1;
-    let end = start + msg[start..].find('`')?;
-    Some(msg[start..end].to_string())
+    let end = match msg[start..].find("`, expected") {
+        Some(i) if msg.starts_with("unknown field") => start + i,
+        _ => start + msg[start..].find('`')?,
+    };
+    let name = &msg[start..end];
+    Some(if name.is_empty() { "\"\"".into() } else { name.to_string() })
 }
 
 fn serde_rule(e: &serde_json::Error) -> &'static str {

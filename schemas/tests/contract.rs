@@ -103,6 +103,10 @@ fn structural_errors_name_the_field() {
         "required",
     );
     assert_rejected(check_edited(&lesson(), |v| v["extra"] = 1.into()), "extra", "no_unknown_fields");
+    // Found by fuzzing: keys that are empty or hold backticks are still named.
+    assert_rejected(check_edited(&lesson(), |v| v[""] = 1.into()), "\"\"", "no_unknown_fields");
+    assert_rejected(check_edited(&lesson(), |v| v["a`, b"] = 1.into()), "a`, b", "no_unknown_fields");
+    assert_rejected(check_edited(&lesson(), |v| v["payload"]["x`y"] = 1.into()), "payload.x`y", "no_unknown_fields");
 }
 
 #[test]
