@@ -82,6 +82,12 @@ impl Mosquitto {
     /// Starts Mosquitto with `deploy/mosquitto/edubrain.conf` and `deploy/mosquitto/acl`,
     /// persisting into `dir`, with a password file holding `users` (username, password).
     pub fn start(dir: &Path, users: &[(String, String)]) -> Result<Self, BrokerError> {
+        Self::start_with(dir, users, "")
+    }
+
+    /// [`Mosquitto::start`] with `extra` config lines after the deployed ones (a later value
+    /// of a global option wins), for tests that need a fault the deployed settings avoid.
+    pub fn start_with(dir: &Path, users: &[(String, String)], extra: &str) -> Result<Self, BrokerError> {
         let spawn_err = |e| BrokerError::Spawn { what: "mosquitto", source: e };
         mosquitto_binary()?;
         std::fs::create_dir_all(dir).map_err(spawn_err)?;
@@ -108,7 +114,7 @@ impl Mosquitto {
             f,
             // The listener first: edubrain.conf holds listener-scoped options
             // (use_username_as_clientid) that would otherwise open a default listener on 1883.
-            "listener {port} 127.0.0.1\n{base}\nuser root\npersistence_location {}/\npassword_file {}\nacl_file {}\nlog_dest stderr\n",
+            "listener {port} 127.0.0.1\n{base}\nuser root\npersistence_location {}/\npassword_file {}\nacl_file {}\nlog_dest stderr\n{extra}\n",
             dir.display(),
             passwords.display(),
             acl.display()
