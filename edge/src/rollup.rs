@@ -50,8 +50,40 @@ struct Cell {
     in_use_s: f64,
 }
 
-/// (window start in ms, classroom, device).
-type CellKey = (i64, String, Option<String>);
+impl Cell {
+    fn count(&mut self, kind: &'static str) {
+        self.events += 1;
+        *self.by_type.entry(kind).or_default() += 1;
+    }
+}
+
+/// One classroom's cells in one window. Nested maps looked up by `&str`, so the hot path
+/// (every accepted event) allocates only for a classroom or device new to the window.
+#[derive(Debug, Default)]
+struct RoomCells {
+    room: Cell,
+    devices: HashMap<String, Cell>,
+}
+
+impl RoomCells {
+    fn device(&mut self, device: &str) -> &mut Cell {
+        if !self.devices.contains_key(device) {
+            self.devices.insert(device.to_string(), Cell::default());
+        }
+        self.devices.get_mut(device).expect("just inserted")
+    }
+}
+
+/// Window start (ms) -> classroom -> cells.
+type Windows = BTreeMap<i64, HashMap<String, RoomCells>>;
+
+fn room<'a>(windows: &'a mut Windows, start_ms: i64, classroom: &str) -> &'a mut RoomCells {
+    let rooms = windows.entry(start_ms).or_default();
+    if !rooms.contains_key(classroom) {
+        rooms.insert(classroom.to_string(), RoomCells::default());
+    }
+    rooms.get_mut(classroom).expect("just inserted")
+}
 
 #[derive(Debug, Clone)]
 struct OpenSession {
@@ -73,7 +105,7 @@ const STALE_SESSION: Duration = Duration::hours(24);
 #[derive(Debug)]
 pub struct Rollups {
     config: RollupConfig,
-    cells: BTreeMap<CellKey, Cell>,
+    cells: Windows,
     /// classroom -> (city, school), for the output.
     places: HashMap<String, (String, String)>,
     /// (classroom, session_id) -> session.
@@ -105,7 +137,9 @@ impl Rollups {
     pub fn observe(&mut self, event: &Event) -> Observed {
         let h = &event.header;
         let t = h.event_time;
-        self.places.entry(h.classroom.clone()).or_insert_with(|| (h.city.clone(), h.school.clone()));
+        if !self.places.contains_key(&h.classroom) {
+            self.places.insert(h.classroom.clone(), (h.city.clone(), h.school.clone()));
+        }
         match &event.body {
             EventBody::EquipmentSessionStarted(s) => {
                 self.open.insert((h.classroom.clone(), s.session_id.clone()), OpenSession { device_id: s.device_id.clone(), start: t });
@@ -126,12 +160,10 @@ impl Rollups {
             return Observed::Late;
         }
         let kind = event.event_type().as_str();
-        let mut devices = vec![None];
-        devices.extend(device_of(&event.body).map(|d| Some(d.to_string())));
-        for device in devices {
-            let cell = self.cells.entry((start.timestamp_millis(), h.classroom.clone(), device)).or_default();
-            cell.events += 1;
-            *cell.by_type.entry(kind).or_default() += 1;
+        let cells = room(&mut self.cells, start.timestamp_millis(), &h.classroom);
+        cells.room.count(kind);
+        if let Some(device) = device_of(&event.body) {
+            cells.device(device).count(kind);
         }
         Observed::Counted
     }
@@ -143,9 +175,9 @@ impl Rollups {
             let end = w + self.config.window;
             let secs = (to.min(end) - from.max(w)).num_milliseconds() as f64 / 1000.0;
             if secs > 0.0 && end > self.closed_until {
-                for d in [None, Some(device.to_string())] {
-                    self.cells.entry((w.timestamp_millis(), classroom.to_string(), d)).or_default().in_use_s += secs;
-                }
+                let cells = room(&mut self.cells, w.timestamp_millis(), classroom);
+                cells.room.in_use_s += secs;
+                cells.device(device).in_use_s += secs;
             }
             w = end;
         }
@@ -165,17 +197,17 @@ impl Rollups {
             self.accrue(&room, &s.device_id, s.start.max(self.closed_until), until);
         }
         self.closed_until = until;
-        let still_open = self.cells.split_off(&(until.timestamp_millis(), String::new(), None));
+        let still_open = self.cells.split_off(&until.timestamp_millis());
         let closed = std::mem::replace(&mut self.cells, still_open);
-        closed
-            .into_iter()
-            .map(|((start, classroom, device_id), cell)| {
-                let window_start = DateTime::from_timestamp_millis(start).expect("in range");
-                let (city, school) = self.places.get(&classroom).cloned().unwrap_or_default();
+        let mut out = Vec::new();
+        for (start, rooms) in closed {
+            let window_start = DateTime::from_timestamp_millis(start).expect("in range");
+            let rollup = |classroom: &str, device_id: Option<String>, cell: Cell| {
+                let (city, school) = self.places.get(classroom).cloned().unwrap_or_default();
                 Rollup {
                     city,
                     school,
-                    classroom,
+                    classroom: classroom.to_string(),
                     device_id,
                     window_start,
                     window_end: window_start + self.config.window,
@@ -183,8 +215,17 @@ impl Rollups {
                     events_by_type: cell.by_type,
                     device_in_use_minutes: (cell.in_use_s / 60.0 * 1000.0).round() / 1000.0,
                 }
-            })
-            .collect()
+            };
+            let mut rooms: Vec<_> = rooms.into_iter().collect();
+            rooms.sort_by(|a, b| a.0.cmp(&b.0));
+            for (classroom, cells) in rooms {
+                out.push(rollup(&classroom, None, cells.room));
+                let mut devices: Vec<_> = cells.devices.into_iter().collect();
+                devices.sort_by(|a, b| a.0.cmp(&b.0));
+                out.extend(devices.into_iter().map(|(d, cell)| rollup(&classroom, Some(d), cell)));
+            }
+        }
+        out
     }
 }
 
