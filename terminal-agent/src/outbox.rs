@@ -205,6 +205,13 @@ impl Outbox {
             .collect()
     }
 
+    /// Keeps those of `items` that are still pending and were never sent: a resend tick may
+    /// have sent an event between its write and the hand-over to the sender.
+    pub fn unsent(&self, mut items: Vec<OutboxEvent>) -> Vec<OutboxEvent> {
+        items.retain(|(id, _)| self.by_id.get(id).and_then(|s| self.pending.get(s)).is_some_and(|p| p.last_sent.is_none()));
+        items
+    }
+
     /// Forgets when events were sent, so all are due (after a reconnect: a new session has
     /// none of the old in-flight messages).
     pub fn reset_sent(&mut self) {
@@ -306,6 +313,16 @@ mod tests {
         assert_eq!(again, vec![2, 3], "sooner than the 1 s resend timeout, oldest first");
         o.mark_sent([2, 3].map(Uuid::from_u128), t0 + Duration::from_millis(300));
         assert!(o.due(t0 + Duration::from_millis(301), 10).is_empty(), "then the normal timeout applies again");
+    }
+
+    #[test]
+    fn events_already_sent_by_a_resend_are_not_handed_over_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = Outbox::open(dir.path(), &config()).unwrap();
+        let written = o.push((1..=3).map(ev).collect()).unwrap();
+        o.mark_sent([Uuid::from_u128(2)], Instant::now());
+        let ids: Vec<u128> = o.unsent(written).iter().map(|(id, _)| id.as_u128()).collect();
+        assert_eq!(ids, vec![1, 3]);
     }
 
     #[test]

@@ -378,7 +378,8 @@ pub async fn send_outbox(
             batch = fresh.recv(), if fresh_open => match batch {
                 None => fresh_open = false,
                 Some(written) => if connected {
-                    send(written);
+                    let unsent = outbox.lock().expect("outbox lock").unsent(written);
+                    send(unsent);
                 },
             },
             Some(msg) = from_broker.recv() => match msg {
