@@ -10,7 +10,9 @@
 //! - Kafka frozen (SIGSTOP) past librdkafka's request timeout: connections stay open and
 //!   nothing answers, the hang a dead network path or a stuck disk gives;
 //! - the MQTT broker killed (SIGKILL) and restarted: messages it had acknowledged to terminals
-//!   but not yet delivered to the edge are gone from it, and the terminals' outboxes resend them.
+//!   but not yet delivered to the edge are gone from it, and the terminals' outboxes resend them;
+//! - a duplicate storm: the MQTT broker killed three times in a row, so every terminal
+//!   reconnects and resends everything unacknowledged each time; dedup keeps each event once.
 //!
 //! The first of these found that a failed offset commit during the outage ended the cloud's
 //! ingest for good; commits are now retried (cloud/src/ingest.rs).
@@ -31,6 +33,7 @@ struct Counts {
     acked_by_edge: u64,
     in_warehouse: u64,
     edge_replays: u64,
+    edge_duplicates: u64,
     cloud_duplicates: u64,
     cloud_commit_errors: u64,
 }
@@ -40,6 +43,8 @@ enum Fault {
     KafkaKilled,
     KafkaFrozen,
     MqttKilled,
+    /// Three MQTT kills a second apart.
+    MqttFlapping,
 }
 
 async fn outage(fault: Fault, outage: Duration, message_timeout_ms: Option<u64>) -> Counts {
@@ -96,10 +101,19 @@ async fn outage(fault: Fault, outage: Duration, message_timeout_ms: Option<u64>)
         Fault::KafkaKilled => tansu.kill9(),
         Fault::KafkaFrozen => tansu.freeze().unwrap(),
         Fault::MqttKilled => mosquitto.kill9(),
+        Fault::MqttFlapping => {
+            for _ in 0..2 {
+                mosquitto.kill9();
+                tokio::time::sleep(outage).await;
+                mosquitto.restart().unwrap();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            mosquitto.kill9();
+        }
     }
     tokio::time::sleep(outage).await;
     let acked_during = progress.acked() - acked_before;
-    if fault == Fault::MqttKilled {
+    if matches!(fault, Fault::MqttKilled | Fault::MqttFlapping) {
         assert!(edge.metrics.mqtt_connection_errors.get() > mqtt_errors_before, "the edge saw the broker go");
     } else {
         assert!(acked_during > 0, "the edge kept acknowledging from its WAL while Kafka was down");
@@ -108,7 +122,7 @@ async fn outage(fault: Fault, outage: Duration, message_timeout_ms: Option<u64>)
     match fault {
         Fault::KafkaKilled => tansu.restart().unwrap(),
         Fault::KafkaFrozen => tansu.thaw().unwrap(),
-        Fault::MqttKilled => mosquitto.restart().unwrap(),
+        Fault::MqttKilled | Fault::MqttFlapping => mosquitto.restart().unwrap(),
     }
 
     let summary = publisher.await.unwrap().unwrap();
@@ -141,12 +155,19 @@ async fn outage(fault: Fault, outage: Duration, message_timeout_ms: Option<u64>)
         acked_by_edge: summary.acked,
         in_warehouse: stored.len() as u64,
         edge_replays: edge.metrics.kafka_replays.get(),
+        edge_duplicates: edge.metrics.events_duplicate.get(),
         cloud_duplicates: cloud.metrics.events_duplicate.get(),
         cloud_commit_errors: cloud.metrics.commit_errors.get(),
     };
     eprintln!(
-        "{fault:?} for {outage:?}: created {}, acked by the edge {} ({acked_during} during the outage), in the warehouse {}, edge replays {}, duplicates dropped by the cloud {}, cloud offset commits retried {}",
-        counts.created, counts.acked_by_edge, counts.in_warehouse, counts.edge_replays, counts.cloud_duplicates, counts.cloud_commit_errors
+        "{fault:?} for {outage:?}: created {}, acked by the edge {} ({acked_during} during the outage), in the warehouse {}, edge replays {}, duplicates dropped by the edge {} and the cloud {}, cloud offset commits retried {}",
+        counts.created,
+        counts.acked_by_edge,
+        counts.in_warehouse,
+        counts.edge_replays,
+        counts.edge_duplicates,
+        counts.cloud_duplicates,
+        counts.cloud_commit_errors
     );
     shutdown.cancel();
     edge.wait().await.unwrap();
@@ -179,6 +200,13 @@ async fn kafka_frozen_past_the_request_timeout_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_broker_killed_loses_nothing() {
     let c = outage(Fault::MqttKilled, Duration::from_secs(5), None).await;
+    assert_eq!(c.in_warehouse, c.created);
+    assert_eq!(c.acked_by_edge, c.created);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_storm_of_forced_reconnects_keeps_each_event_once() {
+    let c = outage(Fault::MqttFlapping, Duration::from_secs(2), None).await;
     assert_eq!(c.in_warehouse, c.created);
     assert_eq!(c.acked_by_edge, c.created);
 }
