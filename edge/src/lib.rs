@@ -161,6 +161,8 @@ pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Ru
         max_record_bytes: options.max_record_bytes,
         metrics: metrics.clone(),
         start: ship_from,
+        delivered: [&config.kafka.events_topic, &config.kafka.deadletter_topic, &config.kafka.rollups_topic]
+            .map(|topic| metrics.kafka_delivered.with_label_values(&[topic.as_str()])),
     };
     let shipper = tokio::spawn(shipper.run(hot_rx, committed_rx, confirm_tx, ship_stop.clone(), Duration::from_secs(10)));
     let policy = ValidationPolicy { max_clock_ahead: chrono::Duration::hours(config.max_clock_ahead_hours), ..ValidationPolicy::default() };

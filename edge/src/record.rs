@@ -61,6 +61,30 @@ impl WalRecord {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, EdgeError> {
+        let r = WalRecordRef::parse(bytes)?;
+        Ok(Self {
+            destination: r.destination,
+            event_id: r.event_id,
+            key: r.key.to_string(),
+            headers: r.headers.into_iter().map(|(n, v)| (n, v.to_string())).collect(),
+            payload: r.payload.to_vec(),
+        })
+    }
+}
+
+/// A record read in place, borrowing the WAL bytes: what the shipper hands to librdkafka
+/// (which copies it), without a copy of its own per field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalRecordRef<'a> {
+    pub destination: Destination,
+    pub event_id: Option<u128>,
+    pub key: &'a str,
+    pub headers: Vec<(&'static str, &'a str)>,
+    pub payload: &'a [u8],
+}
+
+impl<'a> WalRecordRef<'a> {
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, EdgeError> {
         let mut r = Reader { bytes, pos: 0 };
         let version = r.u8()?;
         if version != VERSION {
@@ -83,8 +107,7 @@ impl WalRecord {
             let name = HEADER_NAMES.iter().find(|h| **h == name).ok_or_else(|| EdgeError::Wal(format!("unknown header {name:?}")))?;
             headers.push((*name, r.str16()?));
         }
-        let payload = bytes[r.pos..].to_vec();
-        Ok(Self { destination, event_id: has_id.then_some(id), key, headers, payload })
+        Ok(Self { destination, event_id: has_id.then_some(id), key, headers, payload: &bytes[r.pos..] })
     }
 }
 
@@ -118,9 +141,9 @@ impl<'a> Reader<'a> {
     fn u8(&mut self) -> Result<u8, EdgeError> {
         Ok(self.take(1)?[0])
     }
-    fn str16(&mut self) -> Result<String, EdgeError> {
+    fn str16(&mut self) -> Result<&'a str, EdgeError> {
         let n = u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")) as usize;
-        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| EdgeError::Wal(format!("string before byte {} is not UTF-8", self.pos)))
+        std::str::from_utf8(self.take(n)?).map_err(|_| EdgeError::Wal(format!("string before byte {} is not UTF-8", self.pos)))
     }
 }
 

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaConfig;
 use crate::metrics::EdgeMetrics;
-use crate::record::{Destination, WalRecord};
+use crate::record::{Destination, WalRecordRef};
 use crate::{EdgeError, kafka};
 
 /// A committed record handed over by the writer: sequence number, encoded record, and when
@@ -44,6 +44,9 @@ pub(crate) struct Shipper {
     pub metrics: EdgeMetrics,
     /// First sequence number to ship (the oldest unconfirmed record at start-up).
     pub start: u64,
+    /// `kafka_delivered_total` of each [`Destination`], in its order, resolved once rather
+    /// than per delivery.
+    pub delivered: [prometheus::IntCounter; 3],
 }
 
 type Delivery = futures::future::BoxFuture<'static, (u64, Option<Instant>, Result<(), String>)>;
@@ -111,7 +114,7 @@ impl Shipper {
                     if seq < cursor || seq >= end {
                         continue;
                     }
-                    let record = match WalRecord::decode(&bytes) {
+                    let record = match WalRecordRef::parse(&bytes) {
                         Ok(r) => r,
                         Err(e) => {
                             // Checksummed, so this is a bug or a foreign file, not a disk error:
@@ -187,25 +190,26 @@ impl Shipper {
 
     /// Enqueues one record in librdkafka (waiting while its queue is full) and returns the
     /// future of its delivery report.
-    async fn enqueue(&self, seq: u64, record: WalRecord, received: Option<Instant>) -> Delivery {
+    async fn enqueue(&self, seq: u64, record: WalRecordRef<'_>, received: Option<Instant>) -> Delivery {
         let topic = match record.destination {
-            Destination::Events => self.kafka.events_topic.clone(),
-            Destination::DeadLetter => self.kafka.deadletter_topic.clone(),
-            Destination::Rollups => self.kafka.rollups_topic.clone(),
+            Destination::Events => &self.kafka.events_topic,
+            Destination::DeadLetter => &self.kafka.deadletter_topic,
+            Destination::Rollups => &self.kafka.rollups_topic,
         };
-        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-        for (name, value) in &record.headers {
-            headers = headers.insert(Header { key: name, value: Some(value.as_str()) });
-        }
+        // librdkafka copies key, payload and headers at send: nothing here outlives the call.
         loop {
-            let r = FutureRecord::to(&topic).key(&record.key).payload(&record.payload[..]).headers(headers.clone());
+            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+            for (name, value) in &record.headers {
+                headers = headers.insert(Header { key: name, value: Some(*value) });
+            }
+            let r = FutureRecord::to(topic).key(record.key).payload(record.payload).headers(headers);
             match self.producer.send_result(r) {
                 Ok(delivery) => {
-                    let metrics = self.metrics.clone();
+                    let delivered = self.delivered[record.destination as usize].clone();
                     return Box::pin(async move {
                         let result = match delivery.await {
                             Ok(Ok(_)) => {
-                                metrics.kafka_delivered.with_label_values(&[topic.as_str()]).inc();
+                                delivered.inc();
                                 Ok(())
                             }
                             Ok(Err((e, _))) => Err(e.to_string()),
