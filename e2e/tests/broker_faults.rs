@@ -55,12 +55,7 @@ async fn outage(fault: Fault, outage: Duration, message_timeout_ms: Option<u64>)
     let mut tansu = Tansu::start(&dir.path().join("tansu"), Storage::Sqlite).unwrap();
     let registry = dir.path().join("registry.csv");
     edubrain_agent::write_registry(&p, &registry).unwrap();
-    let sim = edubrain_agent::SimulationSpec {
-        first_day: NaiveDate::from_ymd_opt(2026, 11, 16).unwrap(),
-        school_days: 1,
-        heartbeat_minutes: 10,
-        seed: 21,
-    };
+    let sim = edubrain_agent::SimulationSpec::one_day(NaiveDate::from_ymd_opt(2026, 11, 16).unwrap(), 21);
     let events = simulate::simulate(&p, &sim);
     let ids: BTreeSet<String> = events.iter().map(|e| e.header.event_id.to_string()).collect();
 

@@ -29,12 +29,7 @@ async fn terminals_outlast_a_broker_that_drops_past_its_queue_limit() {
     )
     .unwrap();
     let tansu = Tansu::start(&dir.path().join("tansu"), Storage::Memory).unwrap();
-    let sim = edubrain_agent::SimulationSpec {
-        first_day: NaiveDate::from_ymd_opt(2026, 11, 16).unwrap(),
-        school_days: 1,
-        heartbeat_minutes: 10,
-        seed: 8,
-    };
+    let sim = edubrain_agent::SimulationSpec::one_day(NaiveDate::from_ymd_opt(2026, 11, 16).unwrap(), 8);
     let events = simulate::simulate(&p, &sim);
     let created = events.len() as u64;
 

@@ -50,7 +50,7 @@ pub use classify::{Outcome, Rejection, classify};
 pub use config::EdgeConfig;
 pub use metrics::EdgeMetrics;
 
-use record::{Destination, WalRecord};
+use record::{Destination, WalRecord, WalRecordRef};
 use rollup::{Observed, Rollups};
 use ship::{Committed, Shipper};
 use throttle::{Admission, TerminalRateLimiter};
@@ -120,9 +120,9 @@ pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Ru
     // Events the WAL still holds are known: a redelivery of one of them is a duplicate.
     let mut dedup = DedupWindow::new(config.dedup_capacity);
     for (seq, bytes) in &recovered.records {
-        let r = WalRecord::decode(bytes).map_err(|e| EdgeError::Wal(format!("record {seq} in {}: {e}", wal_dir.display())))?;
+        let r = WalRecordRef::parse(bytes).map_err(|e| EdgeError::Wal(format!("record {seq} in {}: {e}", wal_dir.display())))?;
         if let Some(id) = r.event_id {
-            dedup.observe(id, edubrain_schemas::dedup::fingerprint(&r.payload));
+            dedup.observe(id, edubrain_schemas::dedup::fingerprint(r.payload));
         }
     }
     let ship_from = recovered.records.first().map(|(s, _)| *s).unwrap_or(wal.next_seq());
@@ -372,35 +372,17 @@ impl Pump {
             return Ok(());
         }
         let records: Vec<Option<Vec<u8>>> = batch.iter_mut().map(|c| c.record.take()).collect();
-        let mut wal = self.wal.take().expect("wal");
-        let (wal, records, seqs, took) = tokio::task::spawn_blocking(move || {
-            let started = Instant::now();
-            let seqs = (|| {
-                let mut seqs = Vec::with_capacity(records.len());
-                for r in &records {
-                    seqs.push(r.as_deref().map(|b| wal.append(b)).transpose()?);
-                }
-                wal.commit()?;
-                Ok::<_, edubrain_wal::WalError>(seqs)
-            })();
-            (wal, records, seqs, started.elapsed())
-        })
-        .await
-        .map_err(|e| EdgeError::Wal(format!("WAL commit panicked: {e}")))?;
-        let next_seq = wal.next_seq();
-        self.wal = Some(wal);
         // A failed write or fsync is fatal: nothing in this batch was acknowledged, so the broker
         // redelivers it; carrying on could acknowledge what is not on disk.
-        let seqs = seqs?;
-        self.metrics.wal_fsync_duration.observe(took.as_secs_f64());
+        let written = self.write_wal(records).await?;
         self.metrics.wal_commit_events.observe(batch.len() as f64);
 
         let mut acks: BTreeMap<String, EdgeAck> = BTreeMap::new();
-        for ((c, seq), bytes) in batch.into_iter().zip(seqs).zip(records) {
+        for (c, record) in batch.into_iter().zip(written) {
             if let Err(e) = client.ack(&c.publish).await {
                 tracing::warn!(error = %e, "could not queue MQTT ack; the broker will redeliver");
             }
-            if let (Some(seq), Some(bytes)) = (seq, bytes) {
+            if let Some((seq, bytes)) = record {
                 // Full channel: the shipper reads this record from disk instead.
                 let _ = self.hot.try_send((seq, Arc::new(bytes), Some(c.received)));
             }
@@ -416,7 +398,7 @@ impl Pump {
                 }
             }
         }
-        self.committed.send_replace(next_seq);
+        self.committed.send_replace(self.wal.as_ref().expect("wal").next_seq());
         // QoS 0: a lost ack costs a resend, which the dedup window answers with another ack;
         // QoS 1 would double the broker's per-message work for nothing.
         for (topic, ack) in acks {
@@ -520,25 +502,39 @@ impl Pump {
         if !room {
             return Ok(());
         }
-        let records = std::mem::take(&mut self.rollups_pending);
+        let records = std::mem::take(&mut self.rollups_pending).into_iter().map(Some).collect();
+        for (seq, bytes) in self.write_wal(records).await?.into_iter().flatten() {
+            let _ = self.hot.try_send((seq, Arc::new(bytes), None));
+        }
+        self.committed.send_replace(self.wal.as_ref().expect("wal").next_seq());
+        Ok(())
+    }
+
+    /// Appends `records` (`None`: nothing to write for that slot) and commits them with one
+    /// fsync, off the async threads. Returns each written record's sequence number and bytes.
+    async fn write_wal(&mut self, records: Vec<Option<Vec<u8>>>) -> Result<Vec<Option<(u64, Vec<u8>)>>, EdgeError> {
         let mut wal = self.wal.take().expect("wal");
-        let (wal, records, seqs) = tokio::task::spawn_blocking(move || {
-            let seqs = (|| {
-                let seqs = records.iter().map(|r| wal.append(r)).collect::<Result<Vec<_>, _>>()?;
+        let (wal, written, took) = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let written = (|| {
+                let mut out = Vec::with_capacity(records.len());
+                for r in records {
+                    out.push(match r {
+                        Some(bytes) => Some((wal.append(&bytes)?, bytes)),
+                        None => None,
+                    });
+                }
                 wal.commit()?;
-                Ok::<_, edubrain_wal::WalError>(seqs)
+                Ok::<_, edubrain_wal::WalError>(out)
             })();
-            (wal, records, seqs)
+            (wal, written, started.elapsed())
         })
         .await
         .map_err(|e| EdgeError::Wal(format!("WAL commit panicked: {e}")))?;
-        let next_seq = wal.next_seq();
         self.wal = Some(wal);
-        for (seq, bytes) in seqs?.into_iter().zip(records) {
-            let _ = self.hot.try_send((seq, Arc::new(bytes), None));
-        }
-        self.committed.send_replace(next_seq);
-        Ok(())
+        let written = written?;
+        self.metrics.wal_fsync_duration.observe(took.as_secs_f64());
+        Ok(written)
     }
 
     /// Defers `publish` when its terminal is over budget and the event id can be read to say

@@ -117,15 +117,12 @@ pub struct Rollups {
 impl Rollups {
     pub fn new(config: RollupConfig, now: DateTime<Utc>) -> Self {
         assert!(config.window > Duration::zero(), "window must be positive");
-        let mut r = Self { config, cells: BTreeMap::new(), places: HashMap::new(), open: HashMap::new(), closed_until: now };
-        r.closed_until = r.window_start(now - config.allowed_lateness);
-        r
+        let closed_until = window_start(config.window, now - config.allowed_lateness);
+        Self { config, cells: BTreeMap::new(), places: HashMap::new(), open: HashMap::new(), closed_until }
     }
 
     fn window_start(&self, t: DateTime<Utc>) -> DateTime<Utc> {
-        let w = self.config.window.num_milliseconds();
-        let ms = t.timestamp_millis();
-        DateTime::from_timestamp_millis(ms - ms.rem_euclid(w)).expect("in range")
+        window_start(self.config.window, t)
     }
 
     /// Sessions currently open (a gauge).
@@ -227,6 +224,12 @@ impl Rollups {
         }
         out
     }
+}
+
+/// Start of the tumbling window of length `window` that holds `t`.
+fn window_start(window: Duration, t: DateTime<Utc>) -> DateTime<Utc> {
+    let ms = t.timestamp_millis();
+    DateTime::from_timestamp_millis(ms - ms.rem_euclid(window.num_milliseconds())).expect("in range")
 }
 
 fn device_of(body: &EventBody) -> Option<&str> {

@@ -60,12 +60,7 @@ async fn edge_kill_9_loses_nothing_and_duplicates_nothing() {
     let tansu = Tansu::start(&dir.path().join("tansu"), Storage::Memory).unwrap();
     let registry = dir.path().join("registry.csv");
     edubrain_agent::write_registry(&p, &registry).unwrap();
-    let sim = edubrain_agent::SimulationSpec {
-        first_day: NaiveDate::from_ymd_opt(2026, 11, 16).unwrap(),
-        school_days: 1,
-        heartbeat_minutes: 10,
-        seed: 5,
-    };
+    let sim = edubrain_agent::SimulationSpec::one_day(NaiveDate::from_ymd_opt(2026, 11, 16).unwrap(), 5);
     let events = simulate::simulate(&p, &sim);
     let ids: BTreeSet<String> = events.iter().map(|e| e.header.event_id.to_string()).collect();
 

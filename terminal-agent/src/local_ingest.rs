@@ -57,30 +57,37 @@ fn names_a_student(kind: Option<EventType>) -> bool {
     matches!(kind, Some(EventType::ElectiveEnrolled | EventType::AssessmentRecorded))
 }
 
+/// What [`pseudonymise_in_place`] found in `payload.student_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StudentId {
+    Absent,
+    /// Replaced by `student_pseudonym`.
+    Pseudonymised,
+    /// Not a string, so not an id that can be pseudonymised: removed rather than kept.
+    NotAString,
+}
+
 /// Replaces `payload.student_id` with its pseudonym in place, whatever else is wrong with the
-/// event, so that not even a rejected event is kept with a raw student id. Returns whether
-/// there was one.
-pub fn pseudonymise_in_place(input: &mut Value, alliance_key: &[u8]) -> bool {
-    let Some(payload) = input.get_mut("payload").and_then(Value::as_object_mut) else { return false };
+/// event, so that not even a rejected event is kept with a raw student id.
+pub fn pseudonymise_in_place(input: &mut Value, alliance_key: &[u8]) -> StudentId {
+    let Some(payload) = input.get_mut("payload").and_then(Value::as_object_mut) else { return StudentId::Absent };
     match payload.remove("student_id") {
         Some(Value::String(id)) => {
             payload.insert("student_pseudonym".into(), pseudonymise(alliance_key, &id).into());
-            true
+            StudentId::Pseudonymised
         }
-        // Not a string: not an id we can pseudonymise; drop it rather than keep it.
-        Some(_) => {
-            payload.insert("student_id".into(), Value::Null);
-            true
-        }
-        None => false,
+        Some(_) => StudentId::NotAString,
+        None => StudentId::Absent,
     }
 }
 
 /// Turns one event from classroom software into wire bytes for the outbox, or says which field
-/// breaks which rule. `input` has been through [`pseudonymise_in_place`].
+/// breaks which rule. `input` has been through [`pseudonymise_in_place`] (which said
+/// `student`); the identity and defaults are filled into it, so a rejected input is kept as
+/// the agent saw it.
 pub fn prepare(
-    mut input: Value,
-    had_student_id: bool,
+    input: &mut Value,
+    student: StudentId,
     identity: &TerminalTopic,
     now: DateTime<Utc>,
     policy: &ValidationPolicy,
@@ -104,17 +111,17 @@ pub fn prepare(
     obj.entry("event_id").or_insert_with(|| Uuid::new_v4().to_string().into());
     obj.entry("schema_version").or_insert(SCHEMA_VERSION.into());
     let kind = obj.get("type").and_then(Value::as_str).and_then(EventType::parse);
-    if had_student_id && !names_a_student(kind) {
+    if student != StudentId::Absent && !names_a_student(kind) {
         return Err(invalid(
             "payload.student_id",
             "no_unknown_fields",
             format!("{} events name no student", kind.map_or("these", EventType::as_str)),
         ));
     }
-    if let Some(Value::Null) = obj.get("payload").and_then(|p| p.get("student_id")) {
+    if student == StudentId::NotAString {
         return Err(invalid("payload.student_id", "type", "student_id must be a string".into()));
     }
-    let event = Event::from_json(&serde_json::to_vec(&input).expect("a Value always serialises"))?;
+    let event = Event::from_json(&serde_json::to_vec(input).expect("a Value always serialises"))?;
     validate(&event, now, policy)?;
     Ok(Prepared { event_id: event.header.event_id, bytes: event.to_json() })
 }
@@ -182,8 +189,8 @@ async fn ingest(State(s): State<Arc<LocalIngest>>, body: Bytes) -> impl IntoResp
     let mut good: Vec<(usize, Prepared)> = Vec::new();
     let mut kept: Vec<String> = Vec::new();
     for (index, mut input) in inputs.into_iter().enumerate() {
-        let had_student = pseudonymise_in_place(&mut input, &s.alliance_key);
-        match prepare(input.clone(), had_student, &s.identity, now, &s.policy) {
+        let student = pseudonymise_in_place(&mut input, &s.alliance_key);
+        match prepare(&mut input, student, &s.identity, now, &s.policy) {
             Ok(p) => {
                 good.push((index, p));
                 results.push(Value::Null);
@@ -263,8 +270,8 @@ mod tests {
     }
 
     fn run(mut v: Value) -> Result<Event, SchemaError> {
-        let had = pseudonymise_in_place(&mut v, b"alliance-key");
-        let p = prepare(v, had, &me(), now(), &ValidationPolicy::default())?;
+        let student = pseudonymise_in_place(&mut v, b"alliance-key");
+        let p = prepare(&mut v, student, &me(), now(), &ValidationPolicy::default())?;
         Ok(Event::from_json(&p.bytes).unwrap())
     }
 
@@ -355,7 +362,7 @@ mod tests {
     fn a_rejected_event_is_kept_without_the_raw_student_id() {
         let mut v = assessment();
         v["payload"]["score"] = 120.0.into();
-        assert!(pseudonymise_in_place(&mut v, b"k"));
+        assert_eq!(pseudonymise_in_place(&mut v, b"k"), StudentId::Pseudonymised);
         assert!(!v.to_string().contains("S-2026-0042"));
     }
 }

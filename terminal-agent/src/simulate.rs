@@ -34,6 +34,14 @@ pub struct SimulationSpec {
     pub seed: u64,
 }
 
+impl SimulationSpec {
+    /// One school day with a heartbeat every 10 minutes: the small, realistic load the fault
+    /// tests run under.
+    pub fn one_day(first_day: NaiveDate, seed: u64) -> Self {
+        Self { first_day, school_days: 1, heartbeat_minutes: 10, seed }
+    }
+}
+
 /// The Monday of the week before `today`: the demo replays "last school week".
 pub fn last_school_week(today: NaiveDate) -> NaiveDate {
     today - Duration::days(today.weekday().num_days_from_monday() as i64 + 7)
