@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::CloudError;
+use crate::access::AccessConfig;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -13,13 +14,23 @@ pub struct CloudConfig {
     pub kafka: KafkaConfig,
     /// Root of the Parquet warehouse (`events/date=…/city=…/part-….parquet`).
     pub warehouse_dir: PathBuf,
-    /// School registry, CSV or Parquet with the standard columns.
+    /// School registry, CSV or Parquet with the standard columns, for every date …
     pub registry: Option<PathBuf>,
+    /// … or one per school year: `"2025-2026" = "registry-2025.csv"` (see `registry`).
+    pub registries: std::collections::BTreeMap<String, PathBuf>,
     /// Address of the API, `/metrics` and `/healthz`; port 0 picks a free port.
     pub http_listen: String,
     pub ingest: IngestConfig,
     pub thresholds: Thresholds,
     pub recommendation: RecommendationWeights,
+    /// Zone-monitoring targets (the zone plan's seed indicators).
+    pub zone_targets: ZoneTargets,
+    /// Who may call the API (bearer tokens, by SHA-256).
+    pub access: AccessConfig,
+    /// Limits of every API query, and of the SQL endpoint.
+    pub query: QueryLimits,
+    /// The headline gauges on `/metrics`.
+    pub headline: HeadlineConfig,
 }
 
 impl Default for CloudConfig {
@@ -28,10 +39,15 @@ impl Default for CloudConfig {
             kafka: KafkaConfig::default(),
             warehouse_dir: PathBuf::from("warehouse"),
             registry: None,
+            registries: Default::default(),
             http_listen: "127.0.0.1:8080".into(),
             ingest: IngestConfig::default(),
             thresholds: Thresholds::default(),
             recommendation: RecommendationWeights::default(),
+            zone_targets: ZoneTargets::default(),
+            access: AccessConfig::default(),
+            query: QueryLimits::default(),
+            headline: HeadlineConfig::default(),
         }
     }
 }
@@ -120,6 +136,76 @@ impl Default for Thresholds {
             timetable_periods_per_day: 8.0,
             utc_offset_hours: 8,
         }
+    }
+}
+
+/// Zone monitoring targets (zone plan, `domain.md`), per zone per semester unless said.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ZoneTargets {
+    /// Teaching-research activities held in the zone per semester (>= 12).
+    pub research_activities_per_semester: f64,
+    /// Share of the zone's schools that took part in its activities (>= 85%).
+    pub inter_school_participation: f64,
+    /// Resource uploads per school per semester (>= 20).
+    pub uploads_per_school_per_semester: f64,
+    /// Resource visits per school per month (>= 500).
+    pub visits_per_school_per_month: f64,
+    /// Downloads per visit (>= 60%).
+    pub download_rate: f64,
+    /// Months in a row below the all-zone average of visits per school that raise an alert (2).
+    pub below_average_months: usize,
+    /// Most the zones' core indicators may differ, (max − min) / mean (plan: 15%).
+    pub partition_max_spread: f64,
+}
+
+impl Default for ZoneTargets {
+    fn default() -> Self {
+        Self {
+            research_activities_per_semester: 12.0,
+            inter_school_participation: 0.85,
+            uploads_per_school_per_semester: 20.0,
+            visits_per_school_per_month: 500.0,
+            download_rate: 0.60,
+            below_average_months: 2,
+            partition_max_spread: 0.15,
+        }
+    }
+}
+
+/// Limits of API queries. The SQL endpoint is read-only (no DDL, DML or statements) and runs
+/// in the caller's scoped session (see `access`).
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryLimits {
+    /// A SQL endpoint query is cancelled after this long.
+    pub sql_timeout_ms: u64,
+    /// At most this many rows are returned (the answer says when it was truncated).
+    pub sql_max_rows: usize,
+    /// Memory all queries of one role's session may hold at once.
+    pub memory_limit_bytes: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        Self { sql_timeout_ms: 10_000, sql_max_rows: 10_000, memory_limit_bytes: 2 << 30 }
+    }
+}
+
+/// Headline indicators exported as Prometheus gauges per alliance and zone (labels come from
+/// the registry, so their number is bounded by it).
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeadlineConfig {
+    /// How often the gauges are recomputed.
+    pub refresh_secs: u64,
+    /// The days (ending with the newest day in the warehouse) they summarise.
+    pub window_days: u32,
+}
+
+impl Default for HeadlineConfig {
+    fn default() -> Self {
+        Self { refresh_secs: 60, window_days: 30 }
     }
 }
 

@@ -22,10 +22,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::CloudError;
-use crate::batch::{StoredEvent, build_batch, partition};
+use crate::batch::StoredEvent;
 use crate::config::CloudConfig;
 use crate::metrics::CloudMetrics;
-use crate::sink::write_parquet_atomic;
+use crate::sink::{write_events, write_parquet_atomic};
 
 /// Progress of ingest, for callers that wait for the warehouse to catch up.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -268,13 +268,9 @@ fn flush(
     let events = std::mem::take(buffer);
     let received: Vec<DateTime<Utc>> = events.iter().map(|e| e.received_time).collect();
     let n = events.len() as u64;
-    for (key, part) in partition(events, offset) {
-        let batch = build_batch(&part)?;
-        let dir = root.join("events").join(key.dir());
-        let (_, bytes) = write_parquet_atomic(&dir, &format!("part-{tag:016x}.parquet"), &batch)?;
-        metrics.files_written.inc();
-        metrics.bytes_written.inc_by(bytes);
-    }
+    let (files, bytes) = write_events(root, &format!("part-{tag:016x}.parquet"), events, offset)?;
+    metrics.files_written.inc_by(files);
+    metrics.bytes_written.inc_by(bytes);
     if !poison.is_empty() {
         let batch = quarantine_batch(poison)?;
         let (_, bytes) = write_parquet_atomic(&root.join("quarantine"), &format!("part-{tag:016x}.parquet"), &batch)?;

@@ -6,14 +6,18 @@
 //! - [`ingest`]: Kafka consumer; commits offsets only after Parquet is durable; quarantine.
 //! - [`registry`]: the school registry from CSV or Parquet; the `schools` table.
 //! - [`warehouse`]: the DataFusion session over `events`, `schools`, `school_dim`.
-//! - [`analytics`]: utilisation, gap analysis, recommendations.
-//! - [`api`]: HTTP JSON API, `/metrics`, `/healthz`.
+//! - [`analytics`]: utilisation, gap analysis, recommendations, zone monitoring.
+//! - [`access`]: bearer-token principals and roles (province, city, alliance).
+//! - [`api`]: HTTP API (JSON and CSV, `cloud/openapi.json`), SQL endpoint, `/metrics`, `/healthz`.
+//! - [`headline`]: headline indicators per alliance and zone as Prometheus gauges.
 //! - [`start`] / [`run`]: wire it together.
 
+pub mod access;
 pub mod analytics;
 pub mod api;
 pub mod batch;
 pub mod config;
+pub mod headline;
 pub mod ingest;
 pub mod metrics;
 pub mod registry;
@@ -72,11 +76,12 @@ impl RunningCloud {
 
 /// Loads the registry, opens the warehouse, binds the API and starts ingest.
 pub async fn start(config: CloudConfig, shutdown: CancellationToken) -> Result<RunningCloud, CloudError> {
-    let schools = match &config.registry {
-        Some(p) => registry::load(p)?,
-        None => Vec::new(),
-    };
-    let warehouse = Warehouse::open(&config.warehouse_dir, schools).await?;
+    let registry = registry::Registry::load(config.registry.as_deref(), &config.registries)?;
+    let access = access::AccessControl::new(&config.access)?;
+    if access.is_empty() {
+        tracing::warn!("no [[access.principals]] configured: every /api/v1 data request will be refused");
+    }
+    let warehouse = Warehouse::open(&config.warehouse_dir, registry, config.query.memory_limit_bytes).await?;
     let metrics = CloudMetrics::new();
     let (tx, rx) = watch::channel(IngestProgress::default());
     let listener = tokio::net::TcpListener::bind(&config.http_listen)
@@ -87,9 +92,21 @@ pub async fn start(config: CloudConfig, shutdown: CancellationToken) -> Result<R
         warehouse: warehouse.clone(),
         thresholds: config.thresholds.clone(),
         weights: config.recommendation.clone(),
+        zone_targets: config.zone_targets.clone(),
+        limits: config.query.clone(),
+        access: std::sync::Arc::new(access),
         metrics: metrics.clone(),
         progress: rx.clone(),
+        scoped: Default::default(),
     };
+    tokio::spawn(headline::run(
+        warehouse.clone(),
+        config.thresholds.clone(),
+        config.zone_targets.clone(),
+        config.headline.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let http_shutdown = shutdown.clone();
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, api::router(state)).with_graceful_shutdown(http_shutdown.cancelled_owned()).await {

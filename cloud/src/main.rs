@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use edubrain_cloud::CloudConfig;
+use edubrain_cloud::access::{self, Role};
 use edubrain_cloud::analytics::gaps::{GapReport, Scope};
 
 /// edubrain cloud: warehouse ingest, analytics and API.
@@ -37,6 +38,56 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Suggest k zones for a county's schools from a registry file (each zone with strong and
+    /// weak schools; the zones' core indicators as close as the search gets).
+    ZonePartition {
+        #[arg(long)]
+        registry: PathBuf,
+        #[arg(long)]
+        county: String,
+        #[arg(long)]
+        k: usize,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        /// Optional TOML config whose [zone_targets] partition_max_spread overrides 0.15.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Offline evaluation of the recommendations on a warehouse: train on the days before the
+    /// last `--holdout-days`, test on those; hit-rate@k and NDCG@k against a popularity baseline.
+    EvaluateRecommendations {
+        /// Warehouse root (the directory holding `events/`).
+        #[arg(long)]
+        warehouse: PathBuf,
+        #[arg(long)]
+        registry: PathBuf,
+        #[arg(long, default_value_t = 14)]
+        holdout_days: u64,
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+        /// Optional TOML config whose [recommendation] weights are used.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print a new random API token and the `[[access.principals]]` entry that grants it.
+    Token {
+        /// Who the token is for (logs and audit).
+        #[arg(long)]
+        name: String,
+        /// province, city or alliance.
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// The city or alliance id (not for the province).
+        #[arg(long)]
+        scope: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Province,
+    City,
+    Alliance,
 }
 
 #[tokio::main]
@@ -59,6 +110,81 @@ async fn main() -> anyhow::Result<()> {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
                 Format::Table => print!("{}", report.to_table()),
             }
+        }
+        Command::ZonePartition { registry, county, k, format, config } => {
+            let target = match config {
+                Some(p) => CloudConfig::load(&p)?.zone_targets.partition_max_spread,
+                None => edubrain_cloud::config::ZoneTargets::default().partition_max_spread,
+            };
+            let schools = edubrain_cloud::registry::load(&registry).with_context(|| format!("reading registry {}", registry.display()))?;
+            let p = edubrain_cloud::analytics::partition::suggest(&schools, &county, k, target)?;
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&p)?),
+                Format::Table => {
+                    println!(
+                        "{:<16} {:>7} {:>7}  {:>18} {:>17} {:>20}  schools",
+                        "zone", "schools", "pupils", "senior_title_share", "funding_per_pupil", "key_teachers_per_100"
+                    );
+                    for z in &p.zones {
+                        let v = |k: &str| z.indicators.get(k).copied().unwrap_or_default();
+                        println!(
+                            "{:<16} {:>7} {:>7}  {:>18.3} {:>17.0} {:>20.2}  {} (strong: {}; weak: {})",
+                            z.zone,
+                            z.schools.len(),
+                            z.pupils,
+                            v("senior_title_share"),
+                            v("funding_per_pupil"),
+                            v("key_teachers_per_100"),
+                            z.schools.join(" "),
+                            z.strong.join(" "),
+                            z.weak.join(" ")
+                        );
+                    }
+                    let spread: Vec<String> = p.spread.iter().map(|(k, v)| format!("{k} {:.1}%", 100.0 * v)).collect();
+                    println!(
+                        "spread (max−min)/mean: {}; largest {:.1}% (snake draft {:.1}%, {} swaps); target {:.0}%: {}",
+                        spread.join(", "),
+                        100.0 * p.max_spread,
+                        100.0 * p.initial_max_spread,
+                        p.swaps,
+                        100.0 * p.target_spread,
+                        if p.meets { "met" } else { "NOT met" }
+                    );
+                }
+            }
+        }
+        Command::EvaluateRecommendations { warehouse, registry, holdout_days, k, config } => {
+            let weights = match config {
+                Some(p) => CloudConfig::load(&p)?.recommendation,
+                None => Default::default(),
+            };
+            let schools = edubrain_cloud::registry::load(&registry).with_context(|| format!("reading registry {}", registry.display()))?;
+            let w = edubrain_cloud::Warehouse::open(&warehouse, schools, 4 << 30).await?;
+            let last = w.query_json("SELECT MAX(date) AS last FROM events").await?;
+            let last = last
+                .first()
+                .and_then(|r| r.get("last"))
+                .and_then(|v| v.as_str())
+                .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+                .with_context(|| format!("no events in {}", warehouse.display()))?;
+            let cutoff = last - chrono::Days::new(holdout_days.saturating_sub(1));
+            let report = edubrain_cloud::analytics::evaluation::evaluate(&w, cutoff, &weights, k).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Command::Token { name, role, scope } => {
+            let role = match (role, scope) {
+                (RoleArg::Province, None) => Role::Province,
+                (RoleArg::City, Some(c)) => Role::City(c),
+                (RoleArg::Alliance, Some(a)) => Role::Alliance(a),
+                (RoleArg::Province, Some(_)) => anyhow::bail!("--role province takes no --scope"),
+                (_, None) => anyhow::bail!("--role city and --role alliance need --scope <id>"),
+            };
+            let token = access::new_token();
+            let mut config = access::AccessConfig::default();
+            config.add(&name, role, &token);
+            access::AccessControl::new(&config)?; // checks the scope id
+            eprintln!("token (give it to {name}; it is not stored anywhere): {token}");
+            println!("[[access.principals]]\n{}", toml::to_string(&config.principals[0])?);
         }
     }
     Ok(())

@@ -1,6 +1,8 @@
 //! Prometheus metrics of the cloud: `edubrain_cloud_<subsystem>_<what>_<unit>`, bounded labels.
 
-use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 #[derive(Clone)]
 pub struct CloudMetrics {
@@ -17,6 +19,17 @@ pub struct CloudMetrics {
     pub commit_errors: IntCounter,
     pub api_requests: IntCounterVec,
     pub api_duration: HistogramVec,
+    pub api_denied: IntCounterVec,
+    /// Headline indicators per `level` (alliance or zone) and `group` (its id from the registry).
+    pub headline_utilisation: GaugeVec,
+    pub headline_idle: GaugeVec,
+    pub headline_live_interruption: GaugeVec,
+    pub headline_resource_sharing: GaugeVec,
+    pub headline_gaps_over_threshold: GaugeVec,
+    pub headline_zone_visits_per_school: GaugeVec,
+    pub headline_zone_alerts: GaugeVec,
+    pub headline_refreshed: Gauge,
+    pub headline_refresh_errors: IntCounter,
 }
 
 impl CloudMetrics {
@@ -63,6 +76,43 @@ impl CloudMetrics {
                 secs("api_request_duration_seconds", "API request duration", vec![0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
                 &["endpoint"]
             )),
+            api_denied: reg!(IntCounterVec::new(
+                Opts::new("api_denied_total", "API requests refused (missing or unknown token, foreign school), by reason"),
+                &["reason"]
+            )),
+            headline_utilisation: reg!(GaugeVec::new(
+                Opts::new("headline_utilisation_ratio", "Equipment utilisation (in-use / timetable hours) over the headline window"),
+                &["level", "group"]
+            )),
+            headline_idle: reg!(GaugeVec::new(
+                Opts::new("headline_idle_ratio", "Share of timetable periods without equipment use over the headline window"),
+                &["level", "group"]
+            )),
+            headline_live_interruption: reg!(GaugeVec::new(
+                Opts::new("headline_live_interruption_ratio", "Live streams interrupted / started over the headline window"),
+                &["level", "group"]
+            )),
+            headline_resource_sharing: reg!(GaugeVec::new(
+                Opts::new("headline_resource_sharing_ratio", "Resources used by another school / resources, over the headline window"),
+                &["level", "group"]
+            )),
+            headline_gaps_over_threshold: reg!(GaugeVec::new(
+                Opts::new("headline_gap_indicators_over_threshold", "Registry indicators whose enrolment-weighted CV is above its limit"),
+                &["level", "group"]
+            )),
+            headline_zone_visits_per_school: reg!(GaugeVec::new(
+                Opts::new("headline_zone_resource_visits_per_school", "Resource visits per school in the newest month with data"),
+                &["zone"]
+            )),
+            headline_zone_alerts: reg!(GaugeVec::new(
+                Opts::new("headline_zone_alerts", "Zone-monitoring alerts of the newest month and semester"),
+                &["zone"]
+            )),
+            headline_refreshed: reg!(Gauge::new(
+                "headline_refresh_timestamp_seconds",
+                "When the headline gauges were last computed (Unix time)"
+            )),
+            headline_refresh_errors: reg!(IntCounter::new("headline_refresh_errors_total", "Failed recomputations of the headline gauges")),
             registry,
         }
     }

@@ -37,3 +37,22 @@ pub fn write_parquet_atomic(dir: &Path, name: &str, batch: &RecordBatch) -> Resu
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
     Ok((final_path, size))
 }
+
+/// Writes `events` into the warehouse at `root` as `events/date=…/city=…/{name}`, one file per
+/// partition, each atomically; returns (files, bytes). Ingest names files after the Kafka
+/// offsets they hold, so a re-read after a crash overwrites rather than duplicates.
+pub fn write_events(
+    root: &Path,
+    name: &str,
+    events: Vec<crate::batch::StoredEvent>,
+    offset: chrono::FixedOffset,
+) -> Result<(u64, u64), CloudError> {
+    let (mut files, mut bytes) = (0, 0);
+    for (key, part) in crate::batch::partition(events, offset) {
+        let batch = crate::batch::build_batch(&part)?;
+        let (_, size) = write_parquet_atomic(&root.join("events").join(key.dir()), name, &batch)?;
+        files += 1;
+        bytes += size;
+    }
+    Ok((files, bytes))
+}

@@ -1,57 +1,179 @@
 //! The queryable warehouse: a DataFusion session with
 //! - `events`: the hive-partitioned Parquet files (`date`, `city` partition columns), re-listed
-//!   on every query so new files are visible as soon as they are renamed into place;
-//! - `schools`: the registry, one row per school and level;
-//! - `school_dim`: one row per school (a through-school's levels folded together).
+//!   on every query so new files are visible as soon as they are renamed into place, plus
+//!   `registry_from`: the start of the registry version its date falls in;
+//! - `schools`: the registry, one row per school, level and version (`school_year`,
+//!   `registry_from`);
+//! - `school_dim`: one row per school and version (a through-school's levels folded together).
+//!
+//! Joins of events to the registry match `school` and `registry_from`, so each event meets the
+//! registry of its own school year.
+//!
+//! [`Warehouse::scoped`] gives a role its own session over the same files, in which those three
+//! tables are views filtered to the role's schools (see [`crate::access`]). Every session runs
+//! with a memory limit, so one query cannot take the process down.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::datasource::MemTable;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
-use datafusion::prelude::SessionContext;
+use datafusion::execution::cache::cache_manager::CacheManagerConfig;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::logical_expr::{col, in_list, lit};
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::coop::CooperativeExec;
+use datafusion::prelude::{SessionConfig, SessionContext};
 use edubrain_schemas::School;
 use edubrain_schemas::warehouse::event_file_schema;
 
+use crate::registry::Registry;
+
 use crate::CloudError;
+use crate::access::Role;
 
 #[derive(Clone)]
 pub struct Warehouse {
     ctx: SessionContext,
     root: PathBuf,
-    schools: Arc<Vec<School>>,
+    registry: Arc<Registry>,
+    role: Role,
+    memory_limit_bytes: usize,
+}
+
+/// A session whose queries together may hold at most `memory_limit_bytes` (sorts, joins and
+/// aggregates that need more fail with "resources exhausted" instead of growing), and whose
+/// queries can be cancelled at any point (see [`YieldEverywhere`]).
+fn session(memory_limit_bytes: usize) -> Result<SessionContext, CloudError> {
+    // No list-files cache: DataFusion's default caches a table's file list forever, so files
+    // renamed into place after the first query would never be seen (the Kafka outage test
+    // found this once the headline gauges queried an empty warehouse at start-up).
+    let caches = CacheManagerConfig::default().with_list_files_cache_limit(0);
+    let runtime = RuntimeEnvBuilder::new().with_memory_limit(memory_limit_bytes, 1.0).with_cache_manager(caches).build_arc()?;
+    let state = SessionStateBuilder::new()
+        .with_config(SessionConfig::new())
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .with_physical_optimizer_rule(Arc::new(YieldEverywhere))
+        .build();
+    Ok(SessionContext::new_with_state(state))
+}
+
+/// Wraps every operator of a physical plan in DataFusion's `CooperativeExec`, which spends a
+/// unit of the Tokio task budget per batch it passes on.
+///
+/// DataFusion yields to the runtime only where its sources and exchanges do. An operator that
+/// makes many batches from few input batches (a cross join) can run for a long time inside one
+/// poll: the SQL endpoint's time limit then fired, but the aborted query kept a core busy until
+/// its memory limit stopped it (12 s in `sql_endpoint_is_read_only_and_limited`). With a yield
+/// point at every operator, an abort takes effect within a budget's worth of batches.
+#[derive(Debug)]
+struct YieldEverywhere;
+
+impl PhysicalOptimizerRule for YieldEverywhere {
+    fn optimize(&self, plan: Arc<dyn ExecutionPlan>, _config: &ConfigOptions) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        plan.transform_up(|node| {
+            if node.is::<CooperativeExec>() {
+                return Ok(Transformed::no(node));
+            }
+            Ok(Transformed::yes(Arc::new(CooperativeExec::new(node)) as Arc<dyn ExecutionPlan>))
+        })
+        .data()
+    }
+
+    fn name(&self) -> &str {
+        "yield_everywhere"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+/// Registers `schools` and the `school_dim` view over it.
+async fn register_registry(ctx: &SessionContext, registry: &Registry) -> Result<(), CloudError> {
+    let batch = registry.to_batch();
+    ctx.register_table("schools", Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?))?;
+    let dim = ctx
+        .sql(
+            "SELECT school_id, registry_from, MIN(school_year) AS school_year, MIN(school_name) AS school_name, MIN(city) AS city, MIN(county) AS county, \
+                    MIN(alliance) AS alliance, MIN(zone) AS zone, MIN(locale) AS locale, BOOL_OR(strong) AS strong, \
+                    SUM(enrolment) AS enrolment \
+             FROM schools GROUP BY school_id, registry_from",
+        )
+        .await?
+        .into_view();
+    ctx.register_table("school_dim", dim)?;
+    Ok(())
 }
 
 impl Warehouse {
-    /// Opens (creating if needed) the warehouse at `root` with the given registry.
-    pub async fn open(root: &Path, schools: Vec<School>) -> Result<Self, CloudError> {
+    /// Opens (creating if needed) the warehouse at `root` with the given registry, as the
+    /// province sees it.
+    pub async fn open(root: &Path, registry: impl Into<Registry>, memory_limit_bytes: usize) -> Result<Self, CloudError> {
+        let registry = registry.into();
         let events_dir = root.join("events");
         std::fs::create_dir_all(&events_dir).map_err(|e| CloudError::Io { path: events_dir.display().to_string(), source: e })?;
         let events_dir =
             std::fs::canonicalize(&events_dir).map_err(|e| CloudError::Io { path: events_dir.display().to_string(), source: e })?;
-        let ctx = SessionContext::new();
+        let ctx = session(memory_limit_bytes)?;
         let url = ListingTableUrl::parse(format!("{}/", events_dir.display()))?;
         let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
             .with_file_extension(".parquet")
             .with_table_partition_cols(vec![("date".into(), DataType::Utf8), ("city".into(), DataType::Utf8)]);
         let config = ListingTableConfig::new(url).with_listing_options(options).with_schema(event_file_schema());
-        ctx.register_table("events", Arc::new(ListingTable::try_new(config)?))?;
-        let batch = crate::registry::to_batch(&schools);
-        ctx.register_table("schools", Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?))?;
-        let dim = ctx
-            .sql(
-                "SELECT school_id, MIN(school_name) AS school_name, MIN(city) AS city, MIN(county) AS county, \
-                        MIN(alliance) AS alliance, MIN(zone) AS zone, MIN(locale) AS locale, BOOL_OR(strong) AS strong, \
-                        SUM(enrolment) AS enrolment \
-                 FROM schools GROUP BY school_id",
-            )
-            .await?
-            .into_view();
-        ctx.register_table("school_dim", dim)?;
-        Ok(Self { ctx, root: root.to_path_buf(), schools: Arc::new(schools) })
+        let files = ctx.read_table(Arc::new(ListingTable::try_new(config)?))?;
+        ctx.register_table("events", files.with_column("registry_from", registry.registry_from_expr())?.into_view())?;
+        register_registry(&ctx, &registry).await?;
+        Ok(Self { ctx, root: root.to_path_buf(), registry: Arc::new(registry), role: Role::Province, memory_limit_bytes })
+    }
+
+    /// The warehouse as `role` sees it: a new session over the same files whose `events`,
+    /// `schools` and `school_dim` hold only the role's schools. The unfiltered tables are not
+    /// registered in it, so no SQL run there can reach them.
+    pub async fn scoped(&self, role: &Role) -> Result<Self, CloudError> {
+        if *role == Role::Province {
+            return Ok(self.clone());
+        }
+        let registry = self.registry.filter(|s| role.sees(s));
+        // Per version: the role's schools of that school year.
+        let mut visible = lit(false);
+        for (from, schools) in registry.versions() {
+            let mut ids: Vec<&str> = schools.iter().map(|s| s.school_id.as_str()).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            if !ids.is_empty() {
+                let in_version = col("registry_from").eq(lit(from)).and(in_list(col("school"), ids.into_iter().map(lit).collect(), false));
+                visible = visible.or(in_version);
+            }
+        }
+        // The city partition column lets a city's queries skip other cities' files.
+        let predicate = match role {
+            Role::City(city) => col("city").eq(lit(city.as_str())).and(visible),
+            _ => visible,
+        };
+        let ctx = session(self.memory_limit_bytes)?;
+        ctx.register_table("events", self.ctx.table("events").await?.filter(predicate)?.into_view())?;
+        register_registry(&ctx, &registry).await?;
+        Ok(Self {
+            ctx,
+            root: self.root.clone(),
+            registry: Arc::new(registry),
+            role: role.clone(),
+            memory_limit_bytes: self.memory_limit_bytes,
+        })
+    }
+
+    /// The role whose rows this warehouse holds.
+    pub fn role(&self) -> &Role {
+        &self.role
     }
 
     pub fn root(&self) -> &Path {
@@ -62,8 +184,14 @@ impl Warehouse {
         self.root.join("events")
     }
 
+    /// The newest registry version's schools (as this warehouse's role sees them).
     pub fn schools(&self) -> &[School] {
-        &self.schools
+        self.registry.newest()
+    }
+
+    /// Every registry version (as this warehouse's role sees them).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     pub fn context(&self) -> &SessionContext {
@@ -92,4 +220,46 @@ pub fn batches_to_json(batches: &[RecordBatch]) -> Result<Vec<serde_json::Map<St
         return Ok(Vec::new());
     }
     serde_json::from_slice(&bytes).map_err(|e| CloudError::Query(format!("arrow-json output: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Files renamed into place after a query are seen by the next one, in the province's
+    /// session and in a scoped one.
+    #[tokio::test]
+    async fn new_files_are_visible_to_the_next_query() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Warehouse::open(dir.path(), Vec::new(), 1 << 28).await.unwrap();
+        let scoped = w.scoped(&Role::City("c01".into())).await.unwrap();
+        let count = |w: Warehouse| async move { w.query_json("SELECT COUNT(*) AS n FROM events").await.unwrap()[0]["n"].as_u64().unwrap() };
+        assert_eq!(count(w.clone()).await, 0);
+        let event = |n: u32| {
+            use edubrain_schemas::event::{DeviceHeartbeat, DeviceKind, EventBody, Header};
+            let header = Header {
+                event_id: uuid::Uuid::from_u128(n as u128),
+                schema_version: 1,
+                city: "c01".into(),
+                school: "c01-s1".into(),
+                classroom: "c01-s1-r1".into(),
+                terminal: "t1".into(),
+                event_time: "2026-11-23T01:00:00Z".parse().unwrap(),
+            };
+            let body = EventBody::DeviceHeartbeat(DeviceHeartbeat {
+                device_id: "d1".into(),
+                device_kind: DeviceKind::ClassroomTerminal,
+                uptime_s: n as u64,
+            });
+            let event = edubrain_schemas::Event { header, body };
+            crate::batch::StoredEvent { received_time: event.header.event_time, event, clock_flag: None }
+        };
+        let offset = chrono::FixedOffset::east_opt(8 * 3600).unwrap();
+        crate::sink::write_events(dir.path(), "part-1.parquet", vec![event(1)], offset).unwrap();
+        assert_eq!(count(w.clone()).await, 1);
+        crate::sink::write_events(dir.path(), "part-2.parquet", vec![event(2)], offset).unwrap();
+        assert_eq!(count(w.clone()).await, 2);
+        // The city role sees no school of an empty registry; it must not fail either.
+        assert_eq!(count(scoped).await, 0);
+    }
 }

@@ -14,6 +14,29 @@ fn deploy_cloud_config_loads_with_the_plan_targets() {
     let c = CloudConfig::load(&deploy("cloud.toml")).unwrap();
     assert_eq!(c.thresholds, edubrain_cloud::config::Thresholds::default());
     assert_eq!(c.recommendation, edubrain_cloud::config::RecommendationWeights::default());
+    assert_eq!(c.zone_targets, edubrain_cloud::config::ZoneTargets::default());
+    assert_eq!(c.query, edubrain_cloud::config::QueryLimits::default());
+    assert_eq!(c.headline, edubrain_cloud::config::HeadlineConfig::default());
+    // The example principals are well-formed (hashes, scopes).
+    let access = edubrain_cloud::access::AccessControl::new(&c.access).unwrap();
+    assert!(!access.is_empty());
+}
+
+#[test]
+fn token_command_prints_an_entry_that_grants_the_token() {
+    let bin = env!("CARGO_BIN_EXE_edubrain-cloud");
+    let out = Command::new(bin).args(["token", "--name", "c02-hub", "--role", "city", "--scope", "c02"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let token = stderr.trim().rsplit(' ').next().unwrap();
+    let entry = String::from_utf8(out.stdout).unwrap();
+    let config: CloudConfig = toml::from_str(&entry).unwrap_or_else(|e| panic!("{e}: {entry}"));
+    let access = edubrain_cloud::access::AccessControl::new(&config.access).unwrap();
+    let p = access.authenticate(Some(&format!("Bearer {token}"))).unwrap();
+    assert_eq!((p.name.as_str(), &p.role), ("c02-hub", &edubrain_cloud::access::Role::City("c02".into())));
+    let out = Command::new(bin).args(["token", "--name", "x", "--role", "city"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("need --scope"));
 }
 
 #[test]

@@ -14,6 +14,7 @@ use chrono::Utc;
 use edubrain_agent::{DEMO_PROVISIONING_SECRET, MqttTarget, Pacing, ProvinceSpec, PublishProgress, province, simulate};
 use edubrain_brokers::{Mosquitto, Storage, Tansu};
 use edubrain_cloud::CloudConfig;
+use edubrain_cloud::access::Role;
 use edubrain_cloud::analytics::DateRange;
 use edubrain_edge::EdgeConfig;
 use tokio_util::sync::CancellationToken;
@@ -58,6 +59,17 @@ pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> anyhow::Res
 
     let mut cloud_config = CloudConfig::on_loopback(dir.join("warehouse"), Some(registry_path.clone()), &tansu.bootstrap());
     cloud_config.http_listen = config.cloud_http.clone();
+    // API tokens for the demo's callers: the province, and the operator of the first city
+    // (who sees only that city's schools). Kept in files only the user can read.
+    let mut token_files = Vec::new();
+    for (name, role) in [("province", Role::Province), ("city", Role::City(cities[0].clone()))] {
+        let token = edubrain_cloud::access::new_token();
+        cloud_config.access.add(&format!("demo-{name}"), role, &token);
+        let path = dir.join(format!("{name}.token"));
+        std::fs::write(&path, &token).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        token_files.push(path);
+    }
     let mut edges = Vec::new();
     for city in &cities {
         let mut c = EdgeConfig::on_loopback(city, mosquitto.port, &tansu.bootstrap(), &dir.join(format!("edge-{city}")));
@@ -165,10 +177,20 @@ pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> anyhow::Res
     print_summary(&cloud, &cloud_config, &province).await?;
     println!("\nWhere to look:");
     let api = format!("http://{}", cloud.http_addr);
-    println!("  curl -s {api}/api/v1/summary");
-    println!("  curl -s '{api}/api/v1/utilisation?by=school'");
-    println!("  curl -s '{api}/api/v1/gaps?scope=alliance'");
-    println!("  curl -s '{api}/api/v1/recommendations?school={}'", province.schools.last().map(|s| s.id.clone()).unwrap_or_default());
+    let auth = format!("-H \"Authorization: Bearer $(cat {})\"", token_files[0].display());
+    let city_auth = format!("-H \"Authorization: Bearer $(cat {})\"", token_files[1].display());
+    println!("  curl -s {auth} {api}/api/v1/summary");
+    println!("  curl -s {auth} '{api}/api/v1/utilisation?by=school&format=csv'");
+    println!("  curl -s {auth} '{api}/api/v1/gaps?scope=alliance'");
+    println!("  curl -s {auth} '{api}/api/v1/zones'");
+    println!(
+        "  curl -s {auth} '{api}/api/v1/recommendations?school={}'",
+        province.schools.last().map(|s| s.id.clone()).unwrap_or_default()
+    );
+    println!(
+        "  curl -s {city_auth} {api}/api/v1/sql -d '{{\"sql\": \"SELECT school, COUNT(*) AS events FROM events GROUP BY school\"}}' -H 'content-type: application/json'   # a city operator: its own schools only"
+    );
+    println!("  curl -s {api}/api/v1/openapi.json   # the API description");
     println!(
         "  curl -s {api}/metrics        # cloud metrics; edges: {}",
         edges.iter().map(|e| format!("http://{}/metrics", e.http_addr)).collect::<Vec<_>>().join(" ")
@@ -247,6 +269,34 @@ async fn print_summary(
         println!("\nTop recommendations for {} ({}, {:?})", weak.id, weak.zone, weak.locale);
         for r in edubrain_cloud::analytics::recommend::recommend(&inputs, &weak.id, &config.recommendation, 3) {
             println!("  {:.3} {} ({} {}, from {}): {}", r.score, r.resource_id, r.kind, r.subject, r.owner_school, r.why);
+        }
+    }
+    let zones = edubrain_cloud::analytics::zones::load(&cloud.warehouse, DateRange::default(), &config.zone_targets).await?;
+    println!(
+        "\nZone monitoring: {} alerts over {} zone-months (one week of data: monthly and semester targets are far off)",
+        zones.alerts.len(),
+        zones.months.len()
+    );
+    for a in zones
+        .alerts
+        .iter()
+        .filter(|a| a.rule == "below_all_zone_average")
+        .chain(zones.alerts.iter().filter(|a| a.rule != "below_all_zone_average"))
+        .take(4)
+    {
+        println!("  {}", a.message);
+    }
+    if let Some(county) = province.schools.first().map(|s| s.county.clone()) {
+        match edubrain_cloud::analytics::partition::suggest(cloud.warehouse.schools(), &county, 2, config.zone_targets.partition_max_spread)
+        {
+            Ok(p) => println!(
+                "\nZone partition for county {county} into 2 zones: largest spread of core indicators {:.1}% (snake draft {:.1}%), target {:.0}%: {}",
+                100.0 * p.max_spread,
+                100.0 * p.initial_max_spread,
+                100.0 * p.target_spread,
+                if p.meets { "met" } else { "not met" }
+            ),
+            Err(e) => println!("\nZone partition for county {county}: {e}"),
         }
     }
     Ok(())

@@ -214,6 +214,8 @@ async fn every_event_reaches_the_warehouse_exactly_once_and_analytics_match_hand
 
     let mut cloud_config = CloudConfig::on_loopback(dir.path().join("warehouse"), Some(registry), &tansu.bootstrap());
     cloud_config.ingest.flush_interval_ms = 200;
+    let token = edubrain_cloud::access::new_token();
+    cloud_config.access.add("spine-test", edubrain_cloud::access::Role::Province, &token);
     let cloud = edubrain_cloud::start(cloud_config.clone(), shutdown.clone()).await.unwrap();
     wait_for("the edge to subscribe", 30, || edge.metrics.mqtt_subscribed.get() == 1).await;
 
@@ -305,21 +307,23 @@ async fn every_event_reaches_the_warehouse_exactly_once_and_analytics_match_hand
     // quality: no ratings → prior 3/5 → 0.5; reuse 0; same zone → 1.
     // score = 0.35·4/7 + 0.25·0.5 + 0.15·0 + 0.25·1 = 0.575.
     let http = format!("http://{}", cloud.http_addr);
-    let recs: serde_json::Value = reqwest::get(format!("{http}/api/v1/recommendations?school=c01-sb")).await.unwrap().json().await.unwrap();
+    let client = reqwest::Client::new();
+    let get = |url: String| client.get(url).bearer_auth(&token).send();
+    let recs: serde_json::Value = get(format!("{http}/api/v1/recommendations?school=c01-sb")).await.unwrap().json().await.unwrap();
     let list = recs["recommendations"].as_array().unwrap();
     assert_eq!(list.len(), 1, "{recs}");
     assert_eq!(list[0]["resource_id"], "r3");
     assert!((list[0]["score"].as_f64().unwrap() - 0.575).abs() < 1e-9, "{recs}");
 
     // The HTTP API serves the same numbers, rejects bad input by name, and metrics are exposed.
-    let api: serde_json::Value = reqwest::get(format!("{http}/api/v1/utilisation?by=school")).await.unwrap().json().await.unwrap();
+    let api: serde_json::Value = get(format!("{http}/api/v1/utilisation?by=school")).await.unwrap().json().await.unwrap();
     let api_a = api.as_array().unwrap().iter().find(|r| r["group"] == "c01-sa").unwrap();
     assert!((api_a["utilisation"]["value"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-9);
-    let bad = reqwest::get(format!("{http}/api/v1/utilisation?by=school;DROP")).await.unwrap();
+    let bad = get(format!("{http}/api/v1/utilisation?by=school;DROP")).await.unwrap();
     assert_eq!(bad.status(), 400);
     let body: serde_json::Value = bad.json().await.unwrap();
     assert!(body["error"].as_str().unwrap().starts_with("by=\"school;DROP\" is not one of"), "{body}");
-    let bad = reqwest::get(format!("{http}/api/v1/utilisation?from=2026-13-01")).await.unwrap();
+    let bad = get(format!("{http}/api/v1/utilisation?from=2026-13-01")).await.unwrap();
     assert_eq!(bad.status(), 400);
     let edge_metrics = reqwest::get(format!("http://{}/metrics", edge.http_addr)).await.unwrap().text().await.unwrap();
     let rejected = edge_metrics.lines().find(|l| {

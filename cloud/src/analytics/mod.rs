@@ -5,10 +5,16 @@
 //!   from events, per school / alliance / zone / county / city, each against its target.
 //! - [`recommend`]: resource recommendations with the parts of their score (pure scoring over
 //!   aggregates the warehouse computes).
+//! - [`evaluation`]: offline hit-rate@k / NDCG@k of the recommendations vs a popularity baseline.
+//! - [`partition`]: zone partition suggestion for a county (pure).
+//! - [`zones`]: zone monitoring per month and semester with alerts (pure core, SQL loader).
 
+pub mod evaluation;
 pub mod gaps;
+pub mod partition;
 pub mod recommend;
 pub mod utilisation;
+pub mod zones;
 
 use chrono::NaiveDate;
 

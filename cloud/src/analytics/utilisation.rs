@@ -10,6 +10,9 @@
 //! - resource sharing rate = share of a group's resources used (viewed or downloaded) by at
 //!   least one school other than the owner;
 //! - upload pass rate = uploads that passed review / uploads.
+//!
+//! Events are grouped by the registry version of their own date (`registry_from`), so a school
+//! that moved to another alliance or zone counts with the one it belonged to at the time.
 
 use std::collections::BTreeMap;
 
@@ -113,17 +116,19 @@ pub async fn utilisation(w: &Warehouse, by: GroupBy, range: DateRange, t: &Thres
     let usage = metric(
         w,
         &format!(
-            "WITH days AS (SELECT school, classroom, COUNT(DISTINCT date) AS school_days FROM events \
-                           WHERE event_type = 'device_heartbeat'{r} GROUP BY school, classroom), \
-                  used AS (SELECT school, classroom, SUM(duration_s) AS in_use_s, COUNT(*) AS sessions FROM events \
-                           WHERE event_type = 'equipment_session_ended'{r} GROUP BY school, classroom), \
-                  rooms AS (SELECT d.school, d.school_days, COALESCE(u.in_use_s, 0) AS in_use_s, \
+            "WITH days AS (SELECT school, classroom, registry_from, COUNT(DISTINCT date) AS school_days FROM events \
+                           WHERE event_type = 'device_heartbeat'{r} GROUP BY school, classroom, registry_from), \
+                  used AS (SELECT school, classroom, registry_from, SUM(duration_s) AS in_use_s, COUNT(*) AS sessions FROM events \
+                           WHERE event_type = 'equipment_session_ended'{r} GROUP BY school, classroom, registry_from), \
+                  rooms AS (SELECT d.school, d.classroom, d.registry_from, d.school_days, COALESCE(u.in_use_s, 0) AS in_use_s, \
                                    LEAST(CAST(COALESCE(u.sessions, 0) AS DOUBLE), d.school_days * {periods}) AS used_periods \
-                           FROM days d LEFT JOIN used u ON d.school = u.school AND d.classroom = u.classroom) \
-             SELECT s.{g} AS group_id, CAST(COUNT(*) AS DOUBLE) AS v0, SUM(in_use_s) / 3600.0 AS v1, \
+                           FROM days d LEFT JOIN used u \
+                             ON d.school = u.school AND d.classroom = u.classroom AND d.registry_from = u.registry_from) \
+             SELECT s.{g} AS group_id, CAST(COUNT(DISTINCT concat(rooms.school, '/', rooms.classroom)) AS DOUBLE) AS v0, \
+                    SUM(in_use_s) / 3600.0 AS v1, \
                     CAST(SUM(school_days) AS DOUBLE) * {hours} AS v2, \
                     1.0 - SUM(used_periods) / (SUM(school_days) * {periods}) AS v3 \
-             FROM rooms JOIN school_dim s ON rooms.school = s.school_id GROUP BY s.{g}"
+             FROM rooms JOIN school_dim s ON rooms.school = s.school_id AND rooms.registry_from = s.registry_from GROUP BY s.{g}"
         ),
         4,
     )
@@ -133,7 +138,7 @@ pub async fn utilisation(w: &Warehouse, by: GroupBy, range: DateRange, t: &Thres
         &format!(
             "SELECT s.{g} AS group_id, \
                     CAST(SUM(CASE WHEN event_type = 'facility_booking_no_show' THEN 1 ELSE 0 END) AS DOUBLE) / COUNT(*) AS v0 \
-             FROM events e JOIN school_dim s ON e.school = s.school_id \
+             FROM events e JOIN school_dim s ON e.school = s.school_id AND e.registry_from = s.registry_from \
              WHERE event_type IN ('facility_booking_no_show', 'facility_booking_checked_in'){r} GROUP BY s.{g}"
         ),
         1,
@@ -143,10 +148,12 @@ pub async fn utilisation(w: &Warehouse, by: GroupBy, range: DateRange, t: &Thres
         w,
         &format!(
             "WITH streams AS (SELECT school, stream_id, MAX(CASE WHEN event_type = 'live_stream_interrupted' THEN 1 ELSE 0 END) AS interrupted, \
-                                     MAX(CASE WHEN event_type = 'live_stream_started' THEN 1 ELSE 0 END) AS started \
+                                     MAX(CASE WHEN event_type = 'live_stream_started' THEN 1 ELSE 0 END) AS started, \
+                                     MIN(registry_from) AS registry_from \
                               FROM events WHERE stream_id IS NOT NULL{r} GROUP BY school, stream_id) \
              SELECT s.{g} AS group_id, CAST(SUM(interrupted) AS DOUBLE) / SUM(started) AS v0 \
-             FROM streams JOIN school_dim s ON streams.school = s.school_id WHERE started = 1 GROUP BY s.{g}"
+             FROM streams JOIN school_dim s ON streams.school = s.school_id AND streams.registry_from = s.registry_from \
+             WHERE started = 1 GROUP BY s.{g}"
         ),
         1,
     )
@@ -154,11 +161,11 @@ pub async fn utilisation(w: &Warehouse, by: GroupBy, range: DateRange, t: &Thres
     let sharing = metric(
         w,
         &format!(
-            "WITH res AS (SELECT resource_id, MIN(owner_school) AS owner, \
+            "WITH res AS (SELECT resource_id, MIN(owner_school) AS owner, MIN(registry_from) AS registry_from, \
                                  MAX(CASE WHEN event_type IN ('resource_viewed', 'resource_downloaded') AND school <> owner_school THEN 1 ELSE 0 END) AS shared \
                           FROM events WHERE resource_id IS NOT NULL{r} GROUP BY resource_id) \
              SELECT s.{g} AS group_id, CAST(SUM(shared) AS DOUBLE) / COUNT(*) AS v0 \
-             FROM res JOIN school_dim s ON res.owner = s.school_id GROUP BY s.{g}"
+             FROM res JOIN school_dim s ON res.owner = s.school_id AND res.registry_from = s.registry_from GROUP BY s.{g}"
         ),
         1,
     )
@@ -167,7 +174,8 @@ pub async fn utilisation(w: &Warehouse, by: GroupBy, range: DateRange, t: &Thres
         w,
         &format!(
             "SELECT s.{g} AS group_id, CAST(SUM(CASE WHEN passed_review THEN 1 ELSE 0 END) AS DOUBLE) / COUNT(*) AS v0 \
-             FROM events e JOIN school_dim s ON e.school = s.school_id WHERE event_type = 'resource_uploaded'{r} GROUP BY s.{g}"
+             FROM events e JOIN school_dim s ON e.school = s.school_id AND e.registry_from = s.registry_from \
+             WHERE event_type = 'resource_uploaded'{r} GROUP BY s.{g}"
         ),
         1,
     )

@@ -1,0 +1,589 @@
+//! The API's access control, SQL endpoint, CSV answers and OpenAPI description, against a real
+//! HTTP server over a Parquet warehouse of simulated events (no Kafka needed: the files are
+//! written the way ingest writes them).
+//!
+//! The property tests check, for random roles, endpoints, parameters and SQL, that no answer
+//! holds a row of a school the role may not see, that `COUNT(*)` over `events` is exactly the
+//! role's share, and that no parameter string gets past its parser into SQL.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, OnceLock};
+
+use chrono::NaiveDate;
+use edubrain_agent::province::{self, ProvinceSpec};
+use edubrain_agent::simulate::{SimulationSpec, local_offset, simulate};
+use edubrain_cloud::access::{AccessConfig, AccessControl, Role};
+use edubrain_cloud::api::{AppState, router};
+use edubrain_cloud::batch::StoredEvent;
+use edubrain_cloud::config::{QueryLimits, RecommendationWeights, Thresholds, ZoneTargets};
+use edubrain_cloud::{CloudMetrics, Warehouse};
+use edubrain_schemas::School;
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+struct Fixture {
+    rt: tokio::runtime::Runtime,
+    base: String,
+    schools: Vec<School>,
+    /// Events per school id, as written to the warehouse.
+    events_per_school: BTreeMap<String, u64>,
+    /// (role, token); the last role is an alliance that does not exist.
+    principals: Vec<(Role, String)>,
+    metrics: CloudMetrics,
+    warehouse: Warehouse,
+    _dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn token(&self, role: &Role) -> &str {
+        &self.principals.iter().find(|(r, _)| r == role).unwrap().1
+    }
+
+    fn visible(&self, role: &Role) -> Visible {
+        let seen: Vec<&School> = self.schools.iter().filter(|s| role.sees(s)).collect();
+        let set = |f: fn(&School) -> &str| seen.iter().map(|s| f(s).to_string()).collect::<BTreeSet<_>>();
+        Visible {
+            schools: set(|s| &s.school_id),
+            alliances: set(|s| &s.alliance),
+            zones: set(|s| &s.zone),
+            counties: set(|s| &s.county),
+            cities: set(|s| &s.city),
+        }
+    }
+
+    fn get(&self, token: Option<&str>, path_and_query: &str) -> (u16, Value, String) {
+        self.rt.block_on(async {
+            let mut req = reqwest::Client::new().get(format!("{}{path_and_query}", self.base));
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let ctype = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+            let text = resp.text().await.unwrap();
+            let json = if ctype.starts_with("application/json") { serde_json::from_str(&text).unwrap() } else { Value::String(text) };
+            (status, json, ctype)
+        })
+    }
+
+    fn sql(&self, token: &str, sql: &str, max_rows: Option<usize>) -> (u16, Value) {
+        self.rt.block_on(async {
+            let mut body = json!({ "sql": sql });
+            if let Some(m) = max_rows {
+                body["max_rows"] = json!(m);
+            }
+            let resp =
+                reqwest::Client::new().post(format!("{}/api/v1/sql", self.base)).bearer_auth(token).json(&body).send().await.unwrap();
+            (resp.status().as_u16(), resp.json().await.unwrap())
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Visible {
+    schools: BTreeSet<String>,
+    alliances: BTreeSet<String>,
+    zones: BTreeSet<String>,
+    counties: BTreeSet<String>,
+    cities: BTreeSet<String>,
+}
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = ProvinceSpec { seed: 7, cities: 2, alliances_per_city: 2, schools_per_alliance: 3, classrooms_per_school: 2 };
+        let province = province::build(&spec);
+        let registry = dir.path().join("registry.csv");
+        edubrain_agent::write_registry(&province, &registry).unwrap();
+        let schools = edubrain_cloud::registry::load(&registry).unwrap();
+        // Two school days in one month and one in the next, so zone months have neighbours.
+        let mut events = Vec::new();
+        for (day, seed) in [(NaiveDate::from_ymd_opt(2026, 9, 29).unwrap(), 1), (NaiveDate::from_ymd_opt(2026, 10, 8).unwrap(), 2)] {
+            let spec = SimulationSpec { first_day: day, school_days: 2, heartbeat_minutes: 30, seed };
+            events.extend(simulate(&province, &spec));
+        }
+        let mut events_per_school = BTreeMap::new();
+        for e in &events {
+            *events_per_school.entry(e.header.school.clone()).or_insert(0u64) += 1;
+        }
+        let stored: Vec<StoredEvent> =
+            events.into_iter().map(|event| StoredEvent { received_time: event.header.event_time, event, clock_flag: None }).collect();
+        let root = dir.path().join("warehouse");
+        edubrain_cloud::sink::write_events(&root, "part-0.parquet", stored, local_offset()).unwrap();
+
+        let mut principals: Vec<(Role, String)> = vec![(Role::Province, "t-province".into())];
+        for c in schools.iter().map(|s| s.city.clone()).collect::<BTreeSet<_>>() {
+            principals.push((Role::City(c.clone()), format!("t-city-{c}")));
+        }
+        for a in schools.iter().map(|s| s.alliance.clone()).collect::<BTreeSet<_>>() {
+            principals.push((Role::Alliance(a.clone()), format!("t-alliance-{a}")));
+        }
+        principals.push((Role::Alliance("no-such-alliance".into()), "t-nobody".into()));
+        let mut access = AccessConfig::default();
+        for (i, (role, token)) in principals.iter().enumerate() {
+            access.add(&format!("p{i}"), role.clone(), token);
+        }
+
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let metrics = CloudMetrics::new();
+        let warehouse = rt.block_on(Warehouse::open(&root, schools.clone(), 1 << 30)).unwrap();
+        let base = rt.block_on(async {
+            let warehouse = warehouse.clone();
+            let (_tx, progress) = tokio::sync::watch::channel(Default::default());
+            std::mem::forget(_tx);
+            let state = AppState {
+                warehouse,
+                thresholds: Thresholds::default(),
+                weights: RecommendationWeights::default(),
+                zone_targets: ZoneTargets::default(),
+                limits: QueryLimits { sql_timeout_ms: 2_000, sql_max_rows: 1_000, ..QueryLimits::default() },
+                access: Arc::new(AccessControl::new(&access).unwrap()),
+                metrics: metrics.clone(),
+                progress,
+                scoped: Default::default(),
+            };
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+            format!("http://{addr}")
+        });
+        Fixture { rt, base, schools, events_per_school, principals, metrics, warehouse, _dir: dir }
+    })
+}
+
+/// Asserts every row-owning identifier in an endpoint's answer is one `v` may see.
+fn assert_only_visible(endpoint: &str, answer: &Value, v: &Visible) {
+    let check = |set: &BTreeSet<String>, what: &str, id: &str| {
+        assert!(set.contains(id), "{endpoint}: {what} {id:?} is not visible to the role ({v:?})");
+    };
+    let rows = |p: &str| answer.pointer(p).and_then(Value::as_array).cloned().unwrap_or_default();
+    match endpoint {
+        "utilisation" | "summary" => {
+            let list = if endpoint == "summary" { rows("/utilisation_by_alliance") } else { answer.as_array().cloned().unwrap() };
+            for r in list {
+                let (by, group) = (r["group_by"].as_str().unwrap(), r["group"].as_str().unwrap());
+                let set = match by {
+                    "school" => &v.schools,
+                    "alliance" => &v.alliances,
+                    "zone" => &v.zones,
+                    "county" => &v.counties,
+                    _ => &v.cities,
+                };
+                check(set, by, group);
+            }
+        }
+        "gaps" => {
+            for r in rows("/cv").into_iter().chain(rows("/senior_title")) {
+                let group = r["group"].as_str().unwrap();
+                match r["scope"].as_str().unwrap() {
+                    "alliance" => check(&v.alliances, "alliance", group),
+                    "zone" => check(&v.zones, "zone", group),
+                    "county" => check(&v.counties, "county", group),
+                    "city" => check(&v.cities, "city", group),
+                    _ => {}
+                }
+            }
+            let schools = answer["schools"].as_u64().unwrap() as usize;
+            assert!(schools <= v.schools.len(), "gaps counted {schools} schools, the role sees {}", v.schools.len());
+        }
+        "zones" => {
+            for r in rows("/months").into_iter().chain(rows("/semesters")).chain(rows("/alerts")) {
+                check(&v.zones, "zone", r["zone"].as_str().unwrap());
+            }
+        }
+        "sql" => {
+            for r in rows("/rows") {
+                for col in ["school", "school_id"] {
+                    if let Some(id) = r.get(col).and_then(Value::as_str) {
+                        check(&v.schools, col, id);
+                    }
+                }
+                if let Some(c) = r.get("city").and_then(Value::as_str) {
+                    check(&v.cities, "city", c);
+                }
+            }
+        }
+        "zone-partition" => {
+            if answer.get("error").is_none() {
+                for z in rows("/zones") {
+                    for id in z["schools"].as_array().unwrap() {
+                        check(&v.schools, "school", id.as_str().unwrap());
+                    }
+                }
+            }
+        }
+        "recommendations" => {}
+        other => panic!("unknown endpoint {other}"),
+    }
+}
+
+const SQL: &[&str] = &[
+    "SELECT school, COUNT(*) AS n FROM events GROUP BY school",
+    "SELECT DISTINCT school, city FROM events",
+    "SELECT * FROM school_dim",
+    "SELECT school_id, city FROM schools",
+    "SELECT e.school FROM events e JOIN school_dim s ON e.school = s.school_id WHERE s.city <> 'c01'",
+    "SELECT school FROM events WHERE school NOT IN (SELECT school_id FROM school_dim) OR 1 = 1 LIMIT 50",
+    "SELECT school FROM events UNION SELECT owner_school AS school FROM events WHERE false",
+];
+
+fn any_role() -> impl Strategy<Value = Role> {
+    let roles: Vec<Role> = fixture().principals.iter().map(|(r, _)| r.clone()).collect();
+    proptest::sample::select(roles)
+}
+
+/// Strings a caller might put in a parameter: valid values, foreign ids, SQL fragments, junk.
+fn param_text() -> impl Strategy<Value = String> {
+    let f = fixture();
+    let ids: Vec<String> = f.schools.iter().map(|s| s.school_id.clone()).collect();
+    prop_oneof![
+        proptest::sample::select(ids),
+        proptest::sample::select(vec![
+            "school".to_string(),
+            "alliance".into(),
+            "zone".into(),
+            "county".into(),
+            "city".into(),
+            "province".into(),
+            "2026-09-29".into(),
+            "2025-2026".into(),
+            "1".into(),
+            "csv".into(),
+            "json".into(),
+            "' OR '1'='1".into(),
+            "x' UNION SELECT school FROM events --".into(),
+            "school_id FROM schools; --".into(),
+            "2026-09-29' OR date > '".into(),
+            "c01-s01) OR (1=1".into(),
+        ]),
+        "\\PC{0,30}",
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn no_role_ever_sees_a_foreign_row(role in any_role(), endpoint in 0usize..7, by in 0usize..5, sql in 0usize..SQL.len(), pick in any::<prop::sample::Index>()) {
+        let f = fixture();
+        let (token, v) = (f.token(&role), f.visible(&role));
+        let groups = ["school", "alliance", "zone", "county", "city"];
+        let (name, status, answer) = match endpoint {
+            0 => { let (s, a, _) = f.get(Some(token), &format!("/api/v1/utilisation?by={}", groups[by])); ("utilisation", s, a) }
+            1 => { let (s, a, _) = f.get(Some(token), &format!("/api/v1/gaps?scope={}", ["province", "city", "county", "alliance", "zone"][by])); ("gaps", s, a) }
+            2 => { let (s, a, _) = f.get(Some(token), "/api/v1/zones"); ("zones", s, a) }
+            3 => { let (s, a, _) = f.get(Some(token), "/api/v1/summary"); ("summary", s, a) }
+            4 => {
+                let school = pick.get(&f.schools).school_id.clone();
+                let (s, a, _) = f.get(Some(token), &format!("/api/v1/recommendations?school={school}"));
+                prop_assert_eq!(s, if v.schools.contains(&school) { 200 } else { 404 }, "{}", a);
+                ("recommendations", s, a)
+            }
+            5 => {
+                let county = pick.get(&f.schools).county.clone();
+                let (s, a, _) = f.get(Some(token), &format!("/api/v1/zone-partition?county={county}&k=1"));
+                prop_assert!(if v.counties.contains(&county) { s == 200 || s == 400 } else { s == 404 }, "{} {}", s, a);
+                ("zone-partition", s, a)
+            }
+            _ => { let (s, a) = f.sql(token, SQL[sql], None); ("sql", s, a) }
+        };
+        if (name == "recommendations" || name == "zone-partition") && status == 404 {
+            return Ok(());
+        }
+        // A role may see fewer than 3 schools of a county: too few for even one zone.
+        if name == "zone-partition" && status == 400 && answer["error"].as_str().unwrap_or_default().contains("at least 3 schools per zone") {
+            return Ok(());
+        }
+        prop_assert_eq!(status, 200, "{} as {}: {}", name, role, answer);
+        assert_only_visible(name, &answer, &v);
+    }
+
+    #[test]
+    fn count_of_events_is_exactly_the_roles_share(role in any_role()) {
+        let f = fixture();
+        let v = f.visible(&role);
+        let expected: u64 = match role {
+            Role::Province => f.events_per_school.values().sum(),
+            _ => f.events_per_school.iter().filter(|(s, _)| v.schools.contains(*s)).map(|(_, n)| n).sum(),
+        };
+        let (status, answer) = f.sql(f.token(&role), "SELECT COUNT(*) AS n FROM events", None);
+        prop_assert_eq!(status, 200);
+        prop_assert_eq!(answer["rows"][0]["n"].as_u64(), Some(expected), "{}", role);
+    }
+
+    #[test]
+    fn parameter_strings_never_reach_sql(role in any_role(), endpoint in 0usize..6, param in 0usize..10, text in param_text()) {
+        let f = fixture();
+        let (token, v) = (f.token(&role), f.visible(&role));
+        let name = ["utilisation", "gaps", "zones", "summary", "recommendations", "zone-partition"][endpoint];
+        let key = ["by", "scope", "school", "from", "to", "format", "limit", "county", "k", "school_year"][param];
+        let mut url = reqwest::Url::parse(&format!("{}/api/v1/{name}", f.base)).unwrap();
+        url.query_pairs_mut().append_pair(key, &text);
+        if name == "recommendations" && key != "school" {
+            url.query_pairs_mut().append_pair("school", &f.schools[0].school_id);
+        }
+        if name == "zone-partition" {
+            for (k, v) in [("county", f.schools[0].county.as_str()), ("k", "1")] {
+                if key != k {
+                    url.query_pairs_mut().append_pair(k, v);
+                }
+            }
+        }
+        let (status, answer, ctype) = f.get(Some(token), &url.as_str()[f.base.len()..]);
+        // A bad value is named in a 400; anything else is an ordinary answer. Never a 500.
+        prop_assert!(matches!(status, 200 | 400 | 404), "{} {}={:?}: {} {}", name, key, text, status, answer);
+        if status == 400 {
+            let msg = answer["error"].as_str().unwrap_or_default();
+            // (Too few visible schools for a zone is a 400 about the county, not the parameter.)
+            prop_assert!(
+                msg.contains(key) || msg.contains("Failed to deserialize") || msg.contains("at least 3 schools per zone"),
+                "400 without naming {}: {}", key, msg
+            );
+        }
+        if status == 200 && ctype.starts_with("application/json") {
+            assert_only_visible(name, &answer, &v);
+        }
+    }
+}
+
+#[test]
+fn requests_without_a_known_token_are_refused_and_counted() {
+    let f = fixture();
+    let before = |reason: &str| f.metrics.api_denied.with_label_values(&[reason]).get();
+    let (missing, unknown) = (before("missing_token"), before("unknown_token"));
+    for path in
+        ["/api/v1/summary", "/api/v1/utilisation", "/api/v1/gaps", "/api/v1/zones", "/api/v1/whoami", "/api/v1/recommendations?school=x"]
+    {
+        let (status, answer, _) = f.get(None, path);
+        assert_eq!(status, 401, "{path}: {answer}");
+        assert!(answer["error"].as_str().unwrap().starts_with("missing_token"), "{answer}");
+        assert_eq!(f.get(Some("not-a-token"), path).0, 401);
+    }
+    assert_eq!(before("missing_token") - missing, 6);
+    assert_eq!(before("unknown_token") - unknown, 6);
+    // Health, metrics and the API description stay open.
+    assert_eq!(f.get(None, "/healthz").0, 200);
+    assert_eq!(f.get(None, "/metrics").0, 200);
+    assert_eq!(f.get(None, "/api/v1/openapi.json").0, 200);
+}
+
+#[test]
+fn foreign_school_is_not_found_and_audited() {
+    let f = fixture();
+    let city = Role::City(f.schools[0].city.clone());
+    let foreign = f.schools.iter().find(|s| !city.sees(s)).unwrap();
+    let before = f.metrics.api_denied.with_label_values(&["foreign_school"]).get();
+    let (status, answer, _) = f.get(Some(f.token(&city)), &format!("/api/v1/recommendations?school={}", foreign.school_id));
+    assert_eq!(status, 404, "{answer}");
+    // Same message as for a school that does not exist at all.
+    let (_, unknown, _) = f.get(Some(f.token(&city)), "/api/v1/recommendations?school=zz-nowhere");
+    assert_eq!(
+        answer["error"].as_str().unwrap().replace(&foreign.school_id, "ID"),
+        unknown["error"].as_str().unwrap().replace("zz-nowhere", "ID")
+    );
+    assert_eq!(f.metrics.api_denied.with_label_values(&["foreign_school"]).get(), before + 1);
+}
+
+#[test]
+fn sql_endpoint_is_read_only_and_limited() {
+    let f = fixture();
+    let token = f.token(&Role::Province);
+    let dir = f._dir.path().join("warehouse/events");
+    for (sql, needle) in [
+        (format!("CREATE EXTERNAL TABLE raw STORED AS PARQUET LOCATION '{}'", dir.display()), "DDL"),
+        ("CREATE TABLE t AS SELECT 1".to_string(), "DDL"),
+        ("DROP TABLE events".to_string(), "DDL"),
+        ("INSERT INTO events SELECT * FROM events".to_string(), "DML"),
+        ("COPY (SELECT * FROM events) TO '/tmp/edubrain-leak.csv'".to_string(), "DML"),
+        ("SET datafusion.execution.batch_size = 1".to_string(), "Statement"),
+        ("SELECT * FROM information_schema.tables".to_string(), "information_schema"),
+        ("SELEC 1".to_string(), "sql"),
+    ] {
+        let (status, answer) = f.sql(token, &sql, None);
+        assert_eq!(status, 400, "{sql}: {answer}");
+        let msg = answer["error"].as_str().unwrap();
+        assert!(msg.contains(needle), "{sql}: {msg}");
+    }
+    assert!(!std::path::Path::new("/tmp/edubrain-leak.csv").exists());
+
+    let (status, answer) = f.sql(token, "SELECT event_id FROM events", Some(5));
+    assert_eq!(status, 200);
+    assert_eq!(
+        (answer["row_count"].as_u64(), answer["truncated"].as_bool(), answer["rows"].as_array().unwrap().len()),
+        (Some(5), Some(true), 5)
+    );
+    // max_rows may only lower the server's limit (1,000 here).
+    let (_, answer) = f.sql(token, "SELECT event_id FROM events", Some(1_000_000));
+    assert_eq!((answer["row_count"].as_u64(), answer["max_rows"].as_u64()), (Some(1_000), Some(1_000)));
+    let (_, answer) = f.sql(token, "SELECT COUNT(*) AS n FROM school_dim", None);
+    assert_eq!((answer["truncated"].as_bool(), answer["columns"].clone()), (Some(false), json!(["n"])));
+
+    // A query that would run for hours is cut at the time limit (2 s here).
+    let started = std::time::Instant::now();
+    let (status, answer) =
+        f.sql(token, "SELECT COUNT(*) FROM events a, events b, events c WHERE a.uptime_s + b.uptime_s > c.uptime_s", None);
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("time limit of 2000 ms"), "{answer}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
+    // … and stops burning CPU once cut: this process uses well under a core in the next second.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let before = cpu_seconds();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let used = cpu_seconds() - before;
+    assert!(used < 0.5, "the cancelled query still ran: {used:.2} CPU s in 1 s");
+}
+
+/// CPU seconds this process has used (user + system), from /proc/self/stat.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command name (which is in parentheses): utime is the 12th, stime the 13th.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0 // USER_HZ is 100 on Linux
+}
+
+#[test]
+fn csv_answers_are_tables() {
+    let f = fixture();
+    let token = f.token(&Role::Province);
+    let (status, body, ctype) = f.get(Some(token), "/api/v1/utilisation?by=alliance&format=csv");
+    assert_eq!((status, ctype.as_str()), (200, "text/csv; charset=utf-8"));
+    let text = body.as_str().unwrap();
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let header = reader.headers().unwrap().clone();
+    assert!(header.iter().any(|h| h == "utilisation.value"), "{header:?}");
+    let alliances: BTreeSet<String> = f.schools.iter().map(|s| s.alliance.clone()).collect();
+    assert_eq!(reader.records().count(), alliances.len(), "{text}");
+    let (status, body, _) = f.get(Some(token), "/api/v1/gaps?scope=alliance&format=csv");
+    assert_eq!(status, 200);
+    let header = body.as_str().unwrap().lines().next().unwrap().split(',').collect::<BTreeSet<_>>();
+    let expected = BTreeSet::from(["scope", "group", "level", "indicator", "schools", "pupils", "mean", "cv", "threshold", "meets"]);
+    assert_eq!(header, expected, "{body}");
+    let (status, answer, _) = f.get(Some(token), "/api/v1/gaps?format=xml");
+    assert_eq!(status, 400);
+    assert!(answer["error"].as_str().unwrap().contains("format=\"xml\""));
+}
+
+#[test]
+fn whoami_names_the_role_and_its_schools() {
+    let f = fixture();
+    let alliance = Role::Alliance(f.schools[0].alliance.clone());
+    let (status, answer, _) = f.get(Some(f.token(&alliance)), "/api/v1/whoami");
+    assert_eq!(status, 200);
+    assert_eq!(answer["role"], json!({"role": "alliance", "scope": f.schools[0].alliance}));
+    let expected: Vec<String> = f.visible(&alliance).schools.into_iter().collect();
+    assert_eq!(answer["schools"], json!(expected));
+}
+
+/// Every operation in `cloud/openapi.json` answers as documented: a documented status, the
+/// schema's required fields, and CSV where the operation offers it.
+#[test]
+fn openapi_describes_every_operation() {
+    let f = fixture();
+    let token = f.token(&Role::Province);
+    let doc: Value = serde_json::from_str(edubrain_cloud::api::OPENAPI).unwrap();
+    let (_, served, _) = f.get(None, "/api/v1/openapi.json");
+    assert_eq!(served, doc);
+    let school = &f.schools[0].school_id;
+    let county = {
+        let mut per_county: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for s in &f.schools {
+            per_county.entry(&s.county).or_default().insert(&s.school_id);
+        }
+        per_county.into_iter().max_by_key(|(_, s)| s.len()).unwrap().0.to_string()
+    };
+    let query = |path: &str| match path {
+        "/api/v1/recommendations" => format!("?school={school}"),
+        "/api/v1/zone-partition" => format!("?county={county}&k=1"),
+        _ => String::new(),
+    };
+    let mut checked = 0;
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            let (status, answer) = match method.as_str() {
+                "get" => {
+                    let (s, a, _) = f.get(Some(token), &format!("{path}{}", query(path)));
+                    (s, a)
+                }
+                "post" => f.sql(token, "SELECT school, COUNT(*) AS n FROM events GROUP BY school", None),
+                m => panic!("{path}: undocumented method {m}"),
+            };
+            let response = &op["responses"][status.to_string()];
+            assert!(response.is_object(), "{method} {path}: status {status} is not documented: {answer}");
+            assert_eq!(status, 200, "{method} {path}: {answer}");
+            checked += 1;
+            let Some(schema) = response.pointer("/content/application~1json/schema") else { continue };
+            let schema = match schema.get("$ref").and_then(Value::as_str) {
+                Some(r) => doc.pointer(r.trim_start_matches('#')).unwrap(),
+                None => schema,
+            };
+            let items = if schema["type"] == "array" { answer.as_array().unwrap().first().cloned() } else { Some(answer.clone()) };
+            let (required, item) = if schema["type"] == "array" {
+                let item_schema = &schema["items"];
+                let item_schema = match item_schema.get("$ref").and_then(Value::as_str) {
+                    Some(r) => doc.pointer(r.trim_start_matches('#')).unwrap(),
+                    None => item_schema,
+                };
+                (item_schema["required"].clone(), items)
+            } else {
+                (schema["required"].clone(), items)
+            };
+            if let (Some(required), Some(item)) = (required.as_array(), item) {
+                for field in required {
+                    assert!(item.get(field.as_str().unwrap()).is_some(), "{method} {path}: required field {field} missing in {item}");
+                }
+            }
+            if response.pointer("/content/text~1csv").is_some() && method == "get" {
+                let q = query(path);
+                let sep = if q.is_empty() { "?" } else { "&" };
+                let (s, body, ctype) = f.get(Some(token), &format!("{path}{q}{sep}format=csv"));
+                assert_eq!((s, ctype.as_str()), (200, "text/csv; charset=utf-8"), "{path}: {body}");
+            }
+        }
+    }
+    assert_eq!(checked, 11, "operations checked");
+}
+
+/// The headline gauges carry the API's numbers, labelled only by registry alliances and zones.
+#[test]
+fn headline_gauges_match_the_api() {
+    let f = fixture();
+    let m = CloudMetrics::new();
+    let config = edubrain_cloud::config::HeadlineConfig::default();
+    f.rt.block_on(edubrain_cloud::headline::refresh(&f.warehouse, &Thresholds::default(), &ZoneTargets::default(), &config, &m)).unwrap();
+    let text = m.render();
+    let gauge = |name: &str, labels: &str| -> Option<f64> {
+        let prefix = format!("edubrain_cloud_{name}{{{labels}}} ");
+        text.lines().find_map(|l| l.strip_prefix(prefix.as_str())).map(|v| v.parse().unwrap())
+    };
+    let (_, api, _) = f.get(Some(f.token(&Role::Province)), "/api/v1/utilisation?by=alliance");
+    let rows = api.as_array().unwrap();
+    assert!(!rows.is_empty());
+    for row in rows {
+        let labels = format!("group=\"{}\",level=\"alliance\"", row["group"].as_str().unwrap());
+        let want = row["utilisation"]["value"].as_f64().unwrap();
+        let got = gauge("headline_utilisation_ratio", &labels).unwrap_or_else(|| panic!("no gauge for {labels}:\n{text}"));
+        assert!((got - want).abs() < 1e-9, "{labels}: gauge {got}, API {want}");
+    }
+    let v = f.visible(&Role::Province);
+    for line in text.lines().filter(|l| l.starts_with("edubrain_cloud_headline_") && l.contains('{')) {
+        let labels = &line[line.find('{').unwrap() + 1..line.find('}').unwrap()];
+        for pair in labels.split(',') {
+            let (k, val) = pair.split_once('=').unwrap();
+            let val = val.trim_matches('"');
+            match k {
+                "group" => assert!(v.alliances.contains(val) || v.zones.contains(val), "{line}"),
+                "zone" => assert!(v.zones.contains(val), "{line}"),
+                "level" => assert!(val == "alliance" || val == "zone", "{line}"),
+                other => panic!("unexpected label {other} in {line}"),
+            }
+        }
+    }
+    for zone in &v.zones {
+        assert!(gauge("headline_zone_alerts", &format!("zone=\"{zone}\"")).is_some(), "no alert gauge for {zone}:\n{text}");
+    }
+    assert!(gauge("headline_refresh_timestamp_seconds", "").is_none()); // unlabelled: no braces
+    assert!(text.lines().any(|l| l.starts_with("edubrain_cloud_headline_refresh_timestamp_seconds ") && !l.ends_with(" 0")));
+}
