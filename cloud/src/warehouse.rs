@@ -46,7 +46,12 @@ pub struct Warehouse {
     registry: Arc<Registry>,
     role: Role,
     memory_limit_bytes: usize,
+    query_log: Option<QueryLog>,
 }
+
+/// The SQL each [`Warehouse::query`] ran, the rows it returned and its seconds, in order (the
+/// benchmark replays them in DuckDB and compares the row counts and times).
+pub type QueryLog = Arc<std::sync::Mutex<Vec<(String, usize, f64)>>>;
 
 /// A session whose queries together may hold at most `memory_limit_bytes` (sorts, joins and
 /// aggregates that need more fail with "resources exhausted" instead of growing), and whose
@@ -132,7 +137,7 @@ impl Warehouse {
         let files = ctx.read_table(Arc::new(ListingTable::try_new(config)?))?;
         ctx.register_table("events", files.with_column("registry_from", registry.registry_from_expr())?.into_view())?;
         register_registry(&ctx, &registry).await?;
-        Ok(Self { ctx, root: root.to_path_buf(), registry: Arc::new(registry), role: Role::Province, memory_limit_bytes })
+        Ok(Self { ctx, root: root.to_path_buf(), registry: Arc::new(registry), role: Role::Province, memory_limit_bytes, query_log: None })
     }
 
     /// The warehouse as `role` sees it: a new session over the same files whose `events`,
@@ -168,6 +173,7 @@ impl Warehouse {
             registry: Arc::new(registry),
             role: role.clone(),
             memory_limit_bytes: self.memory_limit_bytes,
+            query_log: None,
         })
     }
 
@@ -200,7 +206,20 @@ impl Warehouse {
 
     /// Runs SQL and collects the result.
     pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>, CloudError> {
-        Ok(self.ctx.sql(sql).await?.collect().await?)
+        let started = std::time::Instant::now();
+        let batches = self.ctx.sql(sql).await?.collect().await?;
+        if let Some(log) = &self.query_log {
+            let rows = batches.iter().map(RecordBatch::num_rows).sum();
+            log.lock().expect("query log lock").push((sql.to_string(), rows, started.elapsed().as_secs_f64()));
+        }
+        Ok(batches)
+    }
+
+    /// This warehouse recording every query it runs into the returned log.
+    pub fn with_query_log(mut self) -> (Self, QueryLog) {
+        let log = QueryLog::default();
+        self.query_log = Some(log.clone());
+        (self, log)
     }
 
     /// Runs SQL and returns rows as JSON objects.

@@ -1,0 +1,241 @@
+//! Warehouse benchmark: simulated events into Parquet, then the analytics suite, then the same
+//! SQL in DuckDB on the same files, in one invocation.
+//!
+//! 1. Ingest: the simulator's events are encoded as the JSON Kafka values the cloud consumes;
+//!    the timed part is what the cloud's ingest does with them: decode, Arrow batches per
+//!    (date, city), Parquet (zstd) written to a temporary name, fsynced and renamed. Reports
+//!    events/s of wall time and per CPU-second (the bench is one thread: per core).
+//! 2. Freshness, consumer to queryable: events arrive at `EDUBRAIN_BENCH_ARRIVAL_RATE`
+//!    (default 50,000/s); the ingest flushes every second or at 100,000 events, as configured by
+//!    default; an event waits for its flush and then for the flush's real write time, measured
+//!    for every flush here. (Edge and Kafka latency come before this; the edge bench measures
+//!    them.)
+//! 3. The analytics suite (utilisation by every grouping, zone monitoring, the summary,
+//!    recommendations for every school, gaps and zone partitions from the registry), run
+//!    `REPEATS` times; the SQL of one run is replayed by `benches/duckdb_suite.py` with DuckDB
+//!    (2 threads, as DataFusion has here), which also checks every query's row count against
+//!    DataFusion's and reads the files with pyarrow. The ratio is DataFusion time / DuckDB time.
+//!
+//! Run: `scripts/bench warehouse`, or `cargo bench --profile dev -p edubrain-cloud --bench
+//! warehouse` with `EDUBRAIN_BENCH_PYTHON` pointing at a python with duckdb and pyarrow.
+//! `EDUBRAIN_BENCH_WAREHOUSE_EVENTS` sets the count (default 5,000,000; the issue's 100M fits
+//! on disk at about 25 bytes an event).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use chrono::{Datelike, NaiveDate, Weekday};
+use edubrain_agent::province::{self, ProvinceSpec};
+use edubrain_agent::simulate::{SimulationSpec, local_offset, simulate};
+use edubrain_cloud::Warehouse;
+use edubrain_cloud::analytics::gaps::{GapReport, Scope};
+use edubrain_cloud::analytics::utilisation::{GroupBy, utilisation};
+use edubrain_cloud::analytics::{DateRange, partition, recommend, zones};
+use edubrain_cloud::batch::StoredEvent;
+use edubrain_cloud::config::{RecommendationWeights, Thresholds, ZoneTargets};
+use edubrain_schemas::Event;
+
+const REPEATS: usize = 3;
+const FLUSH_MAX_EVENTS: f64 = 100_000.0;
+const FLUSH_INTERVAL_S: f64 = 1.0;
+
+fn env_num(name: &str, default: f64) -> f64 {
+    std::env::var(name).ok().and_then(|v| v.replace('_', "").parse().ok()).unwrap_or(default)
+}
+
+/// CPU seconds of this process (user + system) and its peak RSS in bytes.
+fn usage() -> (f64, u64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let hwm_kb: u64 = status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0);
+    (ticks / 100.0, hwm_kb * 1024)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+async fn suite(w: &Warehouse, schools: &[edubrain_schemas::School]) {
+    let (t, zt, weights) = (Thresholds::default(), ZoneTargets::default(), RecommendationWeights::default());
+    let all = DateRange::default();
+    for by in GroupBy::ALL {
+        utilisation(w, by, all, &t).await.unwrap();
+    }
+    zones::load(w, all, &zt).await.unwrap();
+    edubrain_cloud::api::summary_json(w, &t, all).await.unwrap();
+    let inputs = recommend::load_inputs(w, all).await.unwrap();
+    for s in schools {
+        recommend::recommend(&inputs, &s.school_id, &weights, 10);
+    }
+    GapReport::build(schools, &Scope::ALL, &t);
+    let mut counties: Vec<&str> = schools.iter().map(|s| s.county.as_str()).collect();
+    counties.dedup();
+    for c in counties {
+        let _ = partition::suggest(schools, c, 2, zt.partition_max_spread);
+    }
+}
+
+fn main() {
+    let target = env_num("EDUBRAIN_BENCH_WAREHOUSE_EVENTS", 5_000_000.0) as u64;
+    let arrival_rate = env_num("EDUBRAIN_BENCH_ARRIVAL_RATE", 50_000.0);
+    let python = std::env::var("EDUBRAIN_BENCH_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/edubrain/tools/bench-venv/bin/python"));
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("warehouse");
+    // 8 cities × 4 alliances × 10 schools × 10 rooms: about 250,000 events a school day.
+    let province = province::build(&ProvinceSpec {
+        seed: 2026,
+        cities: 8,
+        alliances_per_city: 4,
+        schools_per_alliance: 10,
+        classrooms_per_school: 10,
+    });
+    let registry = dir.path().join("registry.csv");
+    edubrain_agent::write_registry(&province, &registry).unwrap();
+
+    // 1 + 2: ingest, flush by flush, as the consumer would at `arrival_rate`.
+    let flush_events = (arrival_rate * FLUSH_INTERVAL_S).clamp(1.0, FLUSH_MAX_EVENTS) as usize;
+    let fill_s = flush_events as f64 / arrival_rate;
+    let (mut total, mut files, mut bytes, mut seq) = (0u64, 0u64, 0u64, 0u64);
+    let (mut ingest_wall, mut ingest_cpu, mut simulate_wall) = (0.0, 0.0, 0.0);
+    let mut freshness = Vec::new();
+    let mut day = NaiveDate::from_ymd_opt(2025, 9, 1).unwrap();
+    let mut days = 0;
+    println!(
+        "==> warehouse bench: {target} events, flush every {flush_events} events (arrival {arrival_rate:.0}/s), into {}",
+        root.display()
+    );
+    while total < target {
+        let t = Instant::now();
+        let events = simulate(&province, &SimulationSpec { first_day: day, school_days: 1, heartbeat_minutes: 10, seed: days });
+        let take = ((target - total) as usize).min(events.len());
+        let payloads: Vec<Vec<u8>> = events[..take].iter().map(Event::to_json).collect();
+        drop(events);
+        simulate_wall += t.elapsed().as_secs_f64();
+        for chunk in payloads.chunks(flush_events) {
+            let (cpu0, _) = usage();
+            let t = Instant::now();
+            let stored: Vec<StoredEvent> = chunk
+                .iter()
+                .map(|b| {
+                    let event = Event::from_json(b).expect("the simulator's events decode");
+                    StoredEvent { received_time: event.header.event_time, event, clock_flag: None }
+                })
+                .collect();
+            let (f, b) = edubrain_cloud::sink::write_events(&root, &format!("part-{seq:016x}.parquet"), stored, local_offset()).unwrap();
+            let write_s = t.elapsed().as_secs_f64();
+            ingest_wall += write_s;
+            ingest_cpu += usage().0 - cpu0;
+            (files, bytes, seq) = (files + f, bytes + b, seq + 1);
+            // Arrivals spread evenly over the fill time: the k-th of 20 waits (1 - k/20) of it.
+            let fill = fill_s * chunk.len() as f64 / flush_events as f64;
+            freshness.extend((0..20).map(|k| fill * (1.0 - k as f64 / 20.0) + write_s));
+        }
+        total += take as u64;
+        days += 1;
+        day = day.succ_opt().unwrap();
+        while matches!(day.weekday(), Weekday::Sat | Weekday::Sun) {
+            day = day.succ_opt().unwrap();
+        }
+        if days % 20 == 0 {
+            println!("    {total} events, {days} school days, {:.0} events/s", total as f64 / ingest_wall);
+        }
+    }
+    freshness.sort_by(f64::total_cmp);
+    let per_core = total as f64 / ingest_cpu;
+
+    // 3: the analytics suite, DataFusion then DuckDB.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let schools = edubrain_cloud::registry::load(&registry).unwrap();
+    let (w, log) = rt.block_on(Warehouse::open(&root, schools.clone(), 8 << 30)).unwrap().with_query_log();
+    let mut df_runs = Vec::new();
+    for _ in 0..REPEATS {
+        let t = Instant::now();
+        rt.block_on(suite(&w, &schools));
+        df_runs.push(t.elapsed().as_secs_f64());
+    }
+    // Every run issues the same queries; DuckDB replays the first run's.
+    let (queries, df_sql_runs): (Vec<(String, usize)>, Vec<f64>) = {
+        let all = log.lock().unwrap();
+        let per_run = all.len() / REPEATS;
+        let sql_time = all.chunks(per_run).map(|run| run.iter().map(|q| q.2).sum()).collect();
+        (all[..per_run].iter().map(|(q, rows, _)| (q.clone(), *rows)).collect(), sql_time)
+    };
+    let queries_path = dir.path().join("queries.json");
+    std::fs::write(&queries_path, serde_json::to_vec(&queries).unwrap()).unwrap();
+    let out = Command::new(&python)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/duckdb_suite.py"))
+        .arg(&root)
+        .arg(&registry)
+        .arg(&queries_path)
+        .arg(REPEATS.to_string())
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (scripts/bench installs duckdb and pyarrow)", python.display()));
+    assert!(out.status.success(), "duckdb_suite.py failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let duck: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let duck_runs: Vec<f64> = duck["runs_s"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let (_, peak_rss) = usage();
+
+    let (df, df_sql, dk) = (median(df_runs.clone()), median(df_sql_runs.clone()), median(duck_runs.clone()));
+    println!("\nIngest (decode, Arrow, Parquet zstd, fsync, rename), one thread:");
+    println!(
+        "  events                {total} over {days} school days, {files} files, {:.1} MB ({:.1} bytes/event)",
+        bytes as f64 / 1e6,
+        bytes as f64 / total as f64
+    );
+    println!("  events/s (wall)       {:.0}", total as f64 / ingest_wall);
+    println!("  events/s per core     {per_core:.0}   (target >= 300,000: {})", if per_core >= 300_000.0 { "met" } else { "NOT met" });
+    println!("  (simulating them took {simulate_wall:.1} s, not counted)");
+    let (p50, p99) = (percentile(&freshness, 0.5), percentile(&freshness, 0.99));
+    println!("Freshness, consumer to queryable, at {arrival_rate:.0} events/s:");
+    println!(
+        "  p50 {p50:.2} s   p99 {p99:.2} s   (target p99 <= 5 s: {}; ingest {} the arrival rate)",
+        if p99 <= 5.0 { "met" } else { "NOT met" },
+        if per_core >= arrival_rate { "keeps up with" } else { "does NOT keep up with" }
+    );
+    println!("Analytics suite ({} queries), median of {REPEATS}:", queries.len());
+    println!("  whole suite (SQL + scoring, gaps, partitions in Rust)  {df:.2} s   runs {df_runs:.2?}");
+    println!("  its SQL in DataFusion  {df_sql:.2} s   runs {df_sql_runs:.2?}");
+    println!("  the same SQL in DuckDB {dk:.2} s   runs {duck_runs:.2?}");
+    println!(
+        "  ratio DataFusion/DuckDB {:.2}x on the SQL   (target <= 1.0x: {})",
+        df_sql / dk,
+        if df_sql <= dk { "met" } else { "NOT met" }
+    );
+    {
+        let all = log.lock().unwrap();
+        let mut df_slowest: Vec<(usize, f64)> = all[..queries.len()].iter().map(|q| q.2).enumerate().collect();
+        df_slowest.sort_by(|a, b| b.1.total_cmp(&a.1));
+        for (i, s) in df_slowest.iter().take(3) {
+            println!(
+                "  DataFusion's slowest: {s:.3} s  {}",
+                queries[*i].0.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(110).collect::<String>()
+            );
+        }
+    }
+    let query_s: Vec<f64> = duck["query_s"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let mut slowest: Vec<(usize, f64)> = query_s.iter().copied().enumerate().collect();
+    slowest.sort_by(|a, b| b.1.total_cmp(&a.1));
+    for (i, s) in slowest.iter().take(3) {
+        println!(
+            "  DuckDB's slowest: {s:.3} s  {}",
+            queries[*i].0.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(110).collect::<String>()
+        );
+    }
+    println!(
+        "Files read back: pyarrow {} rows, DuckDB {} rows; row-count mismatches with DataFusion: {}",
+        duck["pyarrow_rows"], duck["duckdb_rows"], duck["row_count_mismatches"]
+    );
+    println!("Peak RSS of the bench process: {:.0} MB", peak_rss as f64 / 1e6);
+    assert_eq!(duck["pyarrow_rows"].as_u64(), Some(total), "pyarrow reads every event");
+    assert_eq!(duck["duckdb_rows"].as_u64(), Some(total), "DuckDB reads every event");
+}
