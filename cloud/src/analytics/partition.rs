@@ -15,10 +15,10 @@
 //! pooled value. The top third by strength are "strong", the bottom third "weak"; every zone
 //! must get at least one of each (the plan forms zones so their schools complement each other).
 //!
-//! Method (deterministic): a snake draft by strength (zone sizes differ by at most one, and
-//! every zone gets one school of each strength band), then pairwise swaps between zones while
-//! one lowers the largest spread (ties: the sum of spreads) without breaking the strong/weak
-//! rule. Swaps keep sizes, so the result is as balanced in size as the draft.
+//! Method (deterministic): a draft in which the k strongest schools seed one zone each, the k
+//! weakest join them, and the rest are dealt in a snake by strength (sizes within one), then
+//! pairwise swaps between zones while one lowers the largest spread (ties: the sum of spreads)
+//! without breaking the strong/weak rule. Swaps keep sizes.
 
 use std::collections::BTreeMap;
 
@@ -131,7 +131,7 @@ pub struct PartitionSuggestion {
     /// Spread reached per core indicator.
     pub spread: BTreeMap<&'static str, f64>,
     pub max_spread: f64,
-    /// The largest spread of the snake draft the search started from.
+    /// The largest spread of the draft the search started from.
     pub initial_max_spread: f64,
     pub target_spread: f64,
     pub meets: bool,
@@ -175,11 +175,19 @@ pub fn suggest(schools: &[School], county: &str, k: usize, target_spread: f64) -
             0
         };
     }
-    // Snake draft.
-    let mut assign = vec![0usize; members.len()];
-    for (rank, &i) in order.iter().enumerate() {
-        let (round, pos) = (rank / k, rank % k);
-        assign[i] = if round % 2 == 0 { pos } else { k - 1 - pos };
+    // The draft: the k strongest seed one zone each, the k weakest join them (zone 1 gets the
+    // strongest and the weakest), the rest are dealt in a snake by strength. Every zone so
+    // starts with a strong and a weak school (a plain snake draft can leave a zone without a
+    // weak one: the property test found 13 schools in 4 zones) and sizes within one.
+    let n = members.len();
+    let mut assign = vec![0usize; n];
+    for z in 0..k {
+        assign[order[z]] = z;
+        assign[order[n - 1 - z]] = z;
+    }
+    for (j, &i) in order[k..n - k].iter().enumerate() {
+        let (round, pos) = (j / k, j % k);
+        assign[i] = if round % 2 == 0 { k - 1 - pos } else { pos };
     }
     // Per-zone totals and strong/weak counts, updated in O(1) per trial swap.
     let mut sums = vec![Totals::default(); k];
