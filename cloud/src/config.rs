@@ -31,6 +31,8 @@ pub struct CloudConfig {
     pub query: QueryLimits,
     /// The headline gauges on `/metrics`.
     pub headline: HeadlineConfig,
+    /// Compaction and retention of the Parquet files.
+    pub maintenance: crate::maintenance::MaintenanceConfig,
 }
 
 impl Default for CloudConfig {
@@ -48,6 +50,7 @@ impl Default for CloudConfig {
             access: AccessConfig::default(),
             query: QueryLimits::default(),
             headline: HeadlineConfig::default(),
+            maintenance: Default::default(),
         }
     }
 }

@@ -120,6 +120,35 @@ pub async fn run(
     let interval = Duration::from_millis(config.ingest.flush_interval_ms);
     let mut state = IngestProgress::default();
     let mut report = tokio::time::interval(Duration::from_millis(500));
+    let mut last_maintenance = std::time::Instant::now();
+    // Maintenance runs here, between flushes and only with every offset committed (see
+    // `maintenance`): ingest is the one writer, and no replay can rewrite a merged file.
+    let mut maintain = |next_offsets: &BTreeMap<i32, i64>| {
+        if !next_offsets.is_empty() || last_maintenance.elapsed() < Duration::from_secs(config.maintenance.interval_secs) {
+            return;
+        }
+        last_maintenance = std::time::Instant::now();
+        let today = Utc::now().with_timezone(&offset).date_naive();
+        match crate::maintenance::run(&root, &config.maintenance, today, crate::maintenance::GRACE) {
+            Ok(r) => {
+                metrics.maintenance_files_merged.inc_by(r.files_merged);
+                metrics.maintenance_partitions_compacted.inc_by(r.partitions_compacted);
+                metrics.maintenance_partitions_expired.inc_by(r.partitions_expired);
+                if r.partitions_compacted + r.partitions_expired > 0 {
+                    tracing::info!(
+                        compacted = r.partitions_compacted,
+                        merged = r.files_merged,
+                        expired = r.partitions_expired,
+                        "warehouse maintenance"
+                    );
+                }
+            }
+            Err(e) => {
+                metrics.maintenance_errors.inc();
+                tracing::warn!(error = %e, "warehouse maintenance failed; retrying at the next interval");
+            }
+        }
+    };
 
     loop {
         let deadline = first_buffered.map(|t| t + interval);
@@ -129,12 +158,16 @@ pub async fn run(
                 flush(&consumer, &root, &topic, offset, &mut buffer, &mut poison, &mut next_offsets, &committed, &metrics, &mut state)?;
                 first_buffered = None;
                 let _ = progress.send(state);
+                maintain(&next_offsets);
             }
             _ = report.tick() => {
                 state.lag = metrics.consumer_lag.get();
                 if first_buffered.is_none() && !next_offsets.is_empty() {
                     // Nothing buffered but offsets left uncommitted by a failed commit: retry it.
                     flush(&consumer, &root, &topic, offset, &mut buffer, &mut poison, &mut next_offsets, &committed, &metrics, &mut state)?;
+                }
+                if first_buffered.is_none() {
+                    maintain(&next_offsets);
                 }
                 let _ = progress.send(state);
             }
@@ -185,6 +218,7 @@ pub async fn run(
                     flush(&consumer, &root, &topic, offset, &mut buffer, &mut poison, &mut next_offsets, &committed, &metrics, &mut state)?;
                     first_buffered = None;
                     let _ = progress.send(state);
+                    maintain(&next_offsets);
                 }
             }
         }

@@ -4,6 +4,7 @@
 //! - [`batch`]: events to Arrow record batches (pure), partitioned by local date and city.
 //! - [`sink`]: atomic, fsynced Parquet files.
 //! - [`ingest`]: Kafka consumer; commits offsets only after Parquet is durable; quarantine.
+//! - [`maintenance`]: small-file compaction and retention, swapped in atomically.
 //! - [`registry`]: the school registry from CSV or Parquet; the `schools` table.
 //! - [`warehouse`]: the DataFusion session over `events`, `schools`, `school_dim`.
 //! - [`analytics`]: utilisation, gap analysis, recommendations, zone monitoring.
@@ -19,6 +20,7 @@ pub mod batch;
 pub mod config;
 pub mod headline;
 pub mod ingest;
+pub mod maintenance;
 pub mod metrics;
 pub mod registry;
 pub mod sink;

@@ -142,7 +142,7 @@ async fn main() -> anyhow::Result<()> {
                     }
                     let spread: Vec<String> = p.spread.iter().map(|(k, v)| format!("{k} {:.1}%", 100.0 * v)).collect();
                     println!(
-                        "spread (max−min)/mean: {}; largest {:.1}% (snake draft {:.1}%, {} swaps); target {:.0}%: {}",
+                        "spread (max−min)/mean: {}; largest {:.1}% (draft {:.1}%, {} swaps); target {:.0}%: {}",
                         spread.join(", "),
                         100.0 * p.max_spread,
                         100.0 * p.initial_max_spread,

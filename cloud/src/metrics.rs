@@ -30,6 +30,10 @@ pub struct CloudMetrics {
     pub headline_zone_alerts: GaugeVec,
     pub headline_refreshed: Gauge,
     pub headline_refresh_errors: IntCounter,
+    pub maintenance_files_merged: IntCounter,
+    pub maintenance_partitions_compacted: IntCounter,
+    pub maintenance_partitions_expired: IntCounter,
+    pub maintenance_errors: IntCounter,
 }
 
 impl CloudMetrics {
@@ -113,6 +117,13 @@ impl CloudMetrics {
                 "When the headline gauges were last computed (Unix time)"
             )),
             headline_refresh_errors: reg!(IntCounter::new("headline_refresh_errors_total", "Failed recomputations of the headline gauges")),
+            maintenance_files_merged: reg!(IntCounter::new("maintenance_files_merged_total", "Small Parquet files merged by compaction")),
+            maintenance_partitions_compacted: reg!(IntCounter::new(
+                "maintenance_partitions_compacted_total",
+                "Partitions whose small files were merged and swapped in"
+            )),
+            maintenance_partitions_expired: reg!(IntCounter::new("maintenance_partitions_expired_total", "Days removed by retention")),
+            maintenance_errors: reg!(IntCounter::new("maintenance_errors_total", "Failed maintenance runs (retried at the next interval)")),
             registry,
         }
     }

@@ -17,6 +17,7 @@ fn deploy_cloud_config_loads_with_the_plan_targets() {
     assert_eq!(c.zone_targets, edubrain_cloud::config::ZoneTargets::default());
     assert_eq!(c.query, edubrain_cloud::config::QueryLimits::default());
     assert_eq!(c.headline, edubrain_cloud::config::HeadlineConfig::default());
+    assert_eq!(c.maintenance, edubrain_cloud::maintenance::MaintenanceConfig::default());
     // The example principals are well-formed (hashes, scopes).
     let access = edubrain_cloud::access::AccessControl::new(&c.access).unwrap();
     assert!(!access.is_empty());

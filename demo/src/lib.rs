@@ -290,7 +290,7 @@ async fn print_summary(
         match edubrain_cloud::analytics::partition::suggest(cloud.warehouse.schools(), &county, 2, config.zone_targets.partition_max_spread)
         {
             Ok(p) => println!(
-                "\nZone partition for county {county} into 2 zones: largest spread of core indicators {:.1}% (snake draft {:.1}%), target {:.0}%: {}",
+                "\nZone partition for county {county} into 2 zones: largest spread of core indicators {:.1}% (draft {:.1}%), target {:.0}%: {}",
                 100.0 * p.max_spread,
                 100.0 * p.initial_max_spread,
                 100.0 * p.target_spread,

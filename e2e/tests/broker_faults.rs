@@ -68,6 +68,10 @@ async fn outage(fault: Fault, outage: Duration, message_timeout_ms: Option<u64>)
     let edge = edubrain_edge::start(edge_config, shutdown.clone()).await.unwrap();
     let mut cloud_config = CloudConfig::on_loopback(dir.path().join("warehouse"), Some(registry), &tansu.bootstrap());
     cloud_config.ingest.flush_interval_ms = 200;
+    // Compaction runs every second through the fault: merging files must not lose or double
+    // an event either.
+    cloud_config.maintenance.compact_min_files = 3;
+    cloud_config.maintenance.interval_secs = 1;
     let cloud = edubrain_cloud::start(cloud_config, shutdown.clone()).await.unwrap();
     while edge.metrics.mqtt_subscribed.get() != 1 {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -145,6 +149,8 @@ async fn outage(fault: Fault, outage: Duration, message_timeout_ms: Option<u64>)
     let stored: BTreeSet<String> = rows.iter().map(|r| r["event_id"].as_str().unwrap().to_string()).collect();
     assert_eq!(stored.len(), ids.len(), "missing {:?}", ids.difference(&stored).take(5).collect::<Vec<_>>());
     assert_eq!(stored, ids);
+    assert!(cloud.metrics.maintenance_files_merged.get() > 0, "compaction ran during the test");
+    assert_eq!(cloud.metrics.maintenance_errors.get(), 0);
     let counts = Counts {
         created: summary.created,
         acked_by_edge: summary.acked,
@@ -155,14 +161,15 @@ async fn outage(fault: Fault, outage: Duration, message_timeout_ms: Option<u64>)
         cloud_commit_errors: cloud.metrics.commit_errors.get(),
     };
     eprintln!(
-        "{fault:?} for {outage:?}: created {}, acked by the edge {} ({acked_during} during the outage), in the warehouse {}, edge replays {}, duplicates dropped by the edge {} and the cloud {}, cloud offset commits retried {}",
+        "{fault:?} for {outage:?}: created {}, acked by the edge {} ({acked_during} during the outage), in the warehouse {}, edge replays {}, duplicates dropped by the edge {} and the cloud {}, cloud offset commits retried {}, files merged by compaction {}",
         counts.created,
         counts.acked_by_edge,
         counts.in_warehouse,
         counts.edge_replays,
         counts.edge_duplicates,
         counts.cloud_duplicates,
-        counts.cloud_commit_errors
+        counts.cloud_commit_errors,
+        cloud.metrics.maintenance_files_merged.get()
     );
     shutdown.cancel();
     edge.wait().await.unwrap();

@@ -1,0 +1,337 @@
+//! Warehouse maintenance: small-file compaction and retention by age.
+//!
+//! Ingest writes one file per (date, city) partition per flush, so a busy day ends with
+//! hundreds of small files, which every query lists and opens. Compaction merges a partition's
+//! small files into one, sorted by event type and school (so row groups prune well), and keeps
+//! its large files as they are.
+//!
+//! Queries must never see an event twice or miss one, so a partition is replaced whole: the new
+//! contents (the merged file plus hard links to the kept files) are built in a directory under
+//! `maintenance/`, outside the `events` tree no query lists, and swapped with the partition's
+//! directory in one `renameat2(RENAME_EXCHANGE)`. A crash before the swap leaves an invisible
+//! directory; after it, the old files sit invisible in `maintenance/`. Either way the leftovers
+//! are removed later (after [`GRACE`], so queries that listed the old files can finish reading
+//! them). Retention moves a whole `date=` directory into `maintenance/` the same way.
+//!
+//! Ingest is the warehouse's only writer and runs maintenance itself, between flushes and only
+//! when every offset is committed: no file is written during a swap, and no replay after a
+//! crash can rewrite a file that was already merged.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use chrono::NaiveDate;
+use datafusion::arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use rustix::fs::{CWD, RenameFlags, renameat_with};
+use serde::{Deserialize, Serialize};
+
+use crate::CloudError;
+use crate::sink::write_parquet_atomic;
+
+/// How long replaced files stay (invisibly) on disk for queries that listed them.
+pub const GRACE: Duration = Duration::from_secs(300);
+
+/// `[maintenance]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaintenanceConfig {
+    /// Merge a partition's small files once it has this many (0: never compact).
+    pub compact_min_files: usize,
+    /// Files below this size are "small".
+    pub small_file_bytes: u64,
+    /// At most this many bytes of small files are merged into one file.
+    pub max_merge_bytes: u64,
+    /// Partitions dated more than this many days before today are deleted (0: keep forever).
+    pub retention_days: u32,
+    /// Least time between two maintenance runs.
+    pub interval_secs: u64,
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        Self { compact_min_files: 8, small_file_bytes: 16 << 20, max_merge_bytes: 256 << 20, retention_days: 0, interval_secs: 60 }
+    }
+}
+
+/// What one run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub partitions_compacted: u64,
+    pub files_merged: u64,
+    pub partitions_expired: u64,
+    pub leftovers_removed: u64,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CloudError + '_ {
+    move |e| CloudError::Io { path: path.display().to_string(), source: e }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), CloudError> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+/// Sub-directories of `dir` (sorted), or nothing if it does not exist.
+fn subdirs(dir: &Path) -> Result<Vec<PathBuf>, CloudError> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let entry = entry.map_err(io(dir))?;
+        if entry.file_type().map_err(io(dir))?.is_dir() {
+            out.push(entry.path());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Swaps two directories atomically.
+fn exchange(a: &Path, b: &Path) -> Result<(), CloudError> {
+    renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE)
+        .map_err(|e| CloudError::Io { path: format!("exchange {} and {}", a.display(), b.display()), source: e.into() })
+}
+
+/// A fresh, unique directory under `root/maintenance`.
+fn work_dir(root: &Path, what: &str) -> Result<PathBuf, CloudError> {
+    let base = root.join("maintenance");
+    std::fs::create_dir_all(&base).map_err(io(&base))?;
+    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let dir = base.join(format!("{what}-{nanos}"));
+    std::fs::create_dir(&dir).map_err(io(&dir))?;
+    Ok(dir)
+}
+
+/// Removes what earlier runs left in `maintenance/` once it is older than `grace`.
+pub fn remove_leftovers(root: &Path, grace: Duration) -> Result<u64, CloudError> {
+    let mut removed = 0;
+    for dir in subdirs(&root.join("maintenance"))? {
+        let age = std::fs::metadata(&dir).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).unwrap_or_default();
+        if age >= grace {
+            std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Reads Parquet files into one batch sorted by event type, school and event time.
+fn merge(files: &[PathBuf]) -> Result<RecordBatch, CloudError> {
+    let schema = edubrain_schemas::warehouse::event_file_schema();
+    let mut batches = Vec::new();
+    for f in files {
+        let err = |message: String| CloudError::Parquet { path: f.display().to_string(), message };
+        let file = std::fs::File::open(f).map_err(io(f))?;
+        for batch in
+            ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| err(e.to_string()))?.build().map_err(|e| err(e.to_string()))?
+        {
+            batches.push(batch.map_err(|e| err(e.to_string()))?);
+        }
+    }
+    let all = concat_batches(&schema, &batches)?;
+    let key = |name: &str| SortColumn { values: all.column_by_name(name).expect("event column").clone(), options: None };
+    let order = lexsort_to_indices(&[key("event_type"), key("school"), key("event_time")], None)?;
+    Ok(take_record_batch(&all, &order)?)
+}
+
+/// Compacts one partition directory if it has enough small files; returns the files merged.
+fn compact_partition(root: &Path, partition: &Path, cfg: &MaintenanceConfig) -> Result<u64, CloudError> {
+    let mut small = Vec::new();
+    let mut keep = Vec::new();
+    for entry in std::fs::read_dir(partition).map_err(io(partition))? {
+        let entry = entry.map_err(io(partition))?;
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".parquet") || name.starts_with('.') {
+            continue; // temporary files of a write in progress are not ours to touch
+        }
+        let size = entry.metadata().map_err(io(&path))?.len();
+        if size < cfg.small_file_bytes { small.push((size, path)) } else { keep.push(path) }
+    }
+    if cfg.compact_min_files == 0 || small.len() < cfg.compact_min_files.max(2) {
+        return Ok(0);
+    }
+    // The smallest first, up to the merge budget; the rest wait for the next run.
+    small.sort();
+    let mut budget = cfg.max_merge_bytes;
+    let mut merged = Vec::new();
+    for (size, path) in small {
+        if merged.len() >= 2 && size > budget {
+            keep.push(path);
+            continue;
+        }
+        budget = budget.saturating_sub(size);
+        merged.push(path);
+    }
+    let batch = merge(&merged)?;
+    let mut names: Vec<String> = merged.iter().filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).collect();
+    names.sort();
+    let name = format!("compact-{:016x}.parquet", fnv1a(names.join("/").as_bytes()));
+    let next = work_dir(root, "compacting")?;
+    for path in &keep {
+        let link = next.join(path.file_name().expect("a file"));
+        std::fs::hard_link(path, &link).map_err(io(&link))?;
+    }
+    write_parquet_atomic(&next, &name, &batch)?;
+    exchange(partition, &next)?; // `next` now holds the old files, invisible to queries
+    sync_dir(partition.parent().expect("a partition has a parent"))?;
+    Ok(merged.len() as u64)
+}
+
+/// 64-bit FNV-1a (a stable name for a merged file from the names it replaces).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Moves `events/date=D` directories older than the retention out of the table.
+fn expire(root: &Path, today: NaiveDate, days: u32) -> Result<u64, CloudError> {
+    if days == 0 {
+        return Ok(0);
+    }
+    let oldest_kept = today - chrono::Days::new(days as u64);
+    let mut expired = 0;
+    for dir in subdirs(&root.join("events"))? {
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let Some(date) = name.strip_prefix("date=").and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()) else { continue };
+        if date < oldest_kept {
+            let to = work_dir(root, &format!("expired-{name}"))?;
+            exchange(&dir, &to)?; // the empty directory takes the partition's place …
+            std::fs::remove_dir(&dir).map_err(io(&dir))?; // … and goes
+            expired += 1;
+        }
+    }
+    if expired > 0 {
+        sync_dir(&root.join("events"))?;
+    }
+    Ok(expired)
+}
+
+/// One maintenance run over the warehouse at `root`: leftovers older than `grace`, retention
+/// relative to `today` (local), then compaction of every partition that needs it.
+pub fn run(root: &Path, cfg: &MaintenanceConfig, today: NaiveDate, grace: Duration) -> Result<Report, CloudError> {
+    let mut report = Report { leftovers_removed: remove_leftovers(root, grace)?, ..Report::default() };
+    report.partitions_expired = expire(root, today, cfg.retention_days)?;
+    for date_dir in subdirs(&root.join("events"))? {
+        for partition in subdirs(&date_dir)? {
+            let merged = compact_partition(root, &partition, cfg)?;
+            if merged > 0 {
+                report.partitions_compacted += 1;
+                report.files_merged += merged;
+            }
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Warehouse;
+    use crate::batch::StoredEvent;
+    use edubrain_schemas::event::{DeviceHeartbeat, DeviceKind, EventBody, Header};
+
+    fn event(n: u128, day: u32, city: &str) -> StoredEvent {
+        let header = Header {
+            event_id: uuid::Uuid::from_u128(n),
+            schema_version: 1,
+            city: city.into(),
+            school: format!("{city}-s{}", n % 3),
+            classroom: format!("{city}-s{}-r1", n % 3),
+            terminal: "t1".into(),
+            event_time: format!("2026-11-{day:02}T02:00:00Z").parse().unwrap(),
+        };
+        let body = EventBody::DeviceHeartbeat(DeviceHeartbeat {
+            device_id: "d1".into(),
+            device_kind: DeviceKind::ClassroomTerminal,
+            uptime_s: n as u64,
+        });
+        let event = edubrain_schemas::Event { header, body };
+        StoredEvent { received_time: event.header.event_time, event, clock_flag: None }
+    }
+
+    fn offset() -> chrono::FixedOffset {
+        chrono::FixedOffset::east_opt(8 * 3600).unwrap()
+    }
+
+    async fn ids(w: &Warehouse) -> (usize, usize) {
+        let rows = w.query_json("SELECT COUNT(*) AS n, COUNT(DISTINCT event_id) AS d FROM events").await.unwrap();
+        (rows[0]["n"].as_u64().unwrap() as usize, rows[0]["d"].as_u64().unwrap() as usize)
+    }
+
+    fn parquet_files(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .map(|d| d.filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".parquet")).count())
+            .unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn compaction_merges_small_files_and_every_event_stays_exactly_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let w = Warehouse::open(root, Vec::new(), 1 << 28).await.unwrap();
+        for flush in 0..10u128 {
+            let events = (0..50).map(|i| event(flush * 1000 + i, 23, if i % 2 == 0 { "c01" } else { "c02" })).collect();
+            crate::sink::write_events(root, &format!("part-{flush:04}.parquet"), events, offset()).unwrap();
+        }
+        let partition = root.join("events/date=2026-11-23/city=c01");
+        assert_eq!(parquet_files(&partition), 10);
+        assert_eq!(ids(&w).await, (500, 500));
+
+        let cfg = MaintenanceConfig { compact_min_files: 4, ..MaintenanceConfig::default() };
+        let report = run(root, &cfg, NaiveDate::from_ymd_opt(2026, 11, 27).unwrap(), GRACE).unwrap();
+        assert_eq!((report.partitions_compacted, report.files_merged), (2, 20));
+        assert_eq!(parquet_files(&partition), 1);
+        // The replaced files wait, invisible, in maintenance/: queries see each event once.
+        assert_eq!(ids(&w).await, (500, 500));
+        assert_eq!(subdirs(&root.join("maintenance")).unwrap().len(), 2);
+        // Sorted by type, school and time inside the merged file.
+        let schools = w.query_json("SELECT school FROM events WHERE city = 'c01'").await.unwrap();
+        let schools: Vec<&str> = schools.iter().map(|r| r["school"].as_str().unwrap()).collect();
+        assert!(schools.is_sorted(), "{schools:?}");
+
+        // More flushes: the merged file is kept, the new small ones merged with nothing lost.
+        for flush in 10..15u128 {
+            crate::sink::write_events(root, &format!("part-{flush:04}.parquet"), vec![event(flush * 1000, 23, "c01")], offset()).unwrap();
+        }
+        let cfg = MaintenanceConfig { small_file_bytes: 1, ..cfg }; // nothing is small now
+        assert_eq!(run(root, &cfg, NaiveDate::from_ymd_opt(2026, 11, 27).unwrap(), GRACE).unwrap().files_merged, 0);
+        let cfg = MaintenanceConfig { small_file_bytes: 16 << 20, ..cfg };
+        assert_eq!(run(root, &cfg, NaiveDate::from_ymd_opt(2026, 11, 27).unwrap(), Duration::ZERO).unwrap().files_merged, 6);
+        assert_eq!(ids(&w).await, (505, 505));
+        // A zero grace removed the earlier leftovers.
+        assert_eq!(subdirs(&root.join("maintenance")).unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn files_under_maintenance_are_never_read_as_events() {
+        // What a crash leaves (a half-built or a replaced partition) is outside the table.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        crate::sink::write_events(root, "part-1.parquet", vec![event(1, 23, "c01")], offset()).unwrap();
+        let stray = root.join("maintenance/compacting-1/date=2026-11-23/city=c01");
+        std::fs::create_dir_all(&stray).unwrap();
+        std::fs::copy(root.join("events/date=2026-11-23/city=c01/part-1.parquet"), stray.join("part-1.parquet")).unwrap();
+        let w = Warehouse::open(root, Vec::new(), 1 << 28).await.unwrap();
+        assert_eq!(ids(&w).await, (1, 1));
+        assert_eq!(remove_leftovers(root, Duration::ZERO).unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn retention_drops_whole_old_days_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for day in [1, 10, 20, 23] {
+            crate::sink::write_events(root, "part-1.parquet", vec![event(day as u128, day, "c01")], offset()).unwrap();
+        }
+        let w = Warehouse::open(root, Vec::new(), 1 << 28).await.unwrap();
+        let cfg = MaintenanceConfig { retention_days: 10, ..MaintenanceConfig::default() };
+        let report = run(root, &cfg, NaiveDate::from_ymd_opt(2026, 11, 27).unwrap(), GRACE).unwrap();
+        assert_eq!(report.partitions_expired, 2); // 1 and 10 November; 17 November is the oldest kept
+        let days = w.query_json("SELECT DISTINCT date FROM events ORDER BY date").await.unwrap();
+        assert_eq!(days.iter().map(|r| r["date"].as_str().unwrap()).collect::<Vec<_>>(), ["2026-11-20", "2026-11-23"]);
+        let keep_all = MaintenanceConfig { retention_days: 0, ..MaintenanceConfig::default() };
+        assert_eq!(run(root, &keep_all, NaiveDate::from_ymd_opt(2030, 1, 1).unwrap(), GRACE).unwrap().partitions_expired, 0);
+    }
+}
