@@ -15,6 +15,8 @@
 //!    `REPEATS` times; the SQL of one run is replayed by `benches/duckdb_suite.py` with DuckDB
 //!    (2 threads, as DataFusion has here), which also checks every query's row count against
 //!    DataFusion's and reads the files with pyarrow. The ratio is DataFusion time / DuckDB time.
+//!    Before the suite the files are compacted as the cloud's maintenance does
+//!    (`EDUBRAIN_BENCH_COMPACT=0` skips it).
 //!
 //! Run: `scripts/bench warehouse`, or `cargo bench --profile dev -p edubrain-cloud --bench
 //! warehouse` with `EDUBRAIN_BENCH_PYTHON` pointing at a python with duckdb and pyarrow.
@@ -153,6 +155,26 @@ fn main() {
     freshness.sort_by(f64::total_cmp);
     let per_core = total as f64 / ingest_cpu;
 
+    // Compaction, as ingest runs it (here all at once, before the suite; the run with
+    // EDUBRAIN_BENCH_COMPACT=0 shows the suite on the files as ingest left them).
+    let compact = env_num("EDUBRAIN_BENCH_COMPACT", 1.0) > 0.0;
+    let files_before = files;
+    let mut compact_s = 0.0;
+    if compact {
+        let t = Instant::now();
+        let cfg = edubrain_cloud::maintenance::MaintenanceConfig { compact_min_files: 2, ..Default::default() };
+        loop {
+            // Each run merges up to max_merge_bytes per partition; repeat until nothing is left.
+            let r = edubrain_cloud::maintenance::run(&root, &cfg, day, std::time::Duration::ZERO).unwrap();
+            files -= r.files_merged;
+            files += r.partitions_compacted;
+            if r.partitions_compacted == 0 {
+                break;
+            }
+        }
+        compact_s = t.elapsed().as_secs_f64();
+    }
+
     // 3: the analytics suite, DataFusion then DuckDB.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let schools = edubrain_cloud::registry::load(&registry).unwrap();
@@ -202,6 +224,11 @@ fn main() {
         if p99 <= 5.0 { "met" } else { "NOT met" },
         if per_core >= arrival_rate { "keeps up with" } else { "does NOT keep up with" }
     );
+    if compact {
+        println!("Compaction: {files_before} files into {files} in {compact_s:.1} s");
+    } else {
+        println!("No compaction (EDUBRAIN_BENCH_COMPACT=0): {files} files");
+    }
     println!("Analytics suite ({} queries), median of {REPEATS}:", queries.len());
     println!("  whole suite (SQL + scoring, gaps, partitions in Rust)  {df:.2} s   runs {df_runs:.2?}");
     println!("  its SQL in DataFusion  {df_sql:.2} s   runs {df_sql_runs:.2?}");
