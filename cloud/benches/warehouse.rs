@@ -210,7 +210,7 @@ fn main() {
     let (df, df_sql, dk) = (median(df_runs.clone()), median(df_sql_runs.clone()), median(duck_runs.clone()));
     println!("\nIngest (decode, Arrow, Parquet zstd, fsync, rename), one thread:");
     println!(
-        "  events                {total} over {days} school days, {files} files, {:.1} MB ({:.1} bytes/event)",
+        "  events                {total} over {days} school days, {files_before} files, {:.1} MB ({:.1} bytes/event)",
         bytes as f64 / 1e6,
         bytes as f64 / total as f64
     );

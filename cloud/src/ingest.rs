@@ -275,8 +275,9 @@ fn spawn_lag_probe(
     });
 }
 
-/// 64-bit FNV-1a: a stable file name from the offsets a flush covers.
-fn fnv1a(bytes: &[u8]) -> u64 {
+/// 64-bit FNV-1a: a stable file name from the offsets a flush covers (and, in maintenance,
+/// from the names of the files a merge replaces).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 

@@ -28,6 +28,7 @@ use rustix::fs::{CWD, RenameFlags, renameat_with};
 use serde::{Deserialize, Serialize};
 
 use crate::CloudError;
+use crate::ingest::fnv1a;
 use crate::sink::write_parquet_atomic;
 
 /// How long replaced files stay (invisibly) on disk for queries that listed them.
@@ -178,11 +179,6 @@ fn compact_partition(root: &Path, partition: &Path, cfg: &MaintenanceConfig) -> 
     exchange(partition, &next)?; // `next` now holds the old files, invisible to queries
     sync_dir(partition.parent().expect("a partition has a parent"))?;
     Ok(merged.len() as u64)
-}
-
-/// 64-bit FNV-1a (a stable name for a merged file from the names it replaces).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// Moves `events/date=D` directories older than the retention out of the table.
