@@ -42,7 +42,8 @@ pub struct MaintenanceConfig {
     pub compact_min_files: usize,
     /// Files below this size are "small".
     pub small_file_bytes: u64,
-    /// At most this many bytes of small files are merged into one file.
+    /// At most this many bytes of small files are merged in one run, over all partitions (a run
+    /// holds up ingest, so its work is bounded; what is left waits for the next run).
     pub max_merge_bytes: u64,
     /// Partitions dated more than this many days before today are deleted (0: keep forever).
     pub retention_days: u32,
@@ -138,7 +139,8 @@ fn merge(files: &[PathBuf]) -> Result<RecordBatch, CloudError> {
 }
 
 /// Compacts one partition directory if it has enough small files; returns the files merged.
-fn compact_partition(root: &Path, partition: &Path, cfg: &MaintenanceConfig) -> Result<u64, CloudError> {
+/// `budget` is the bytes this run may still merge; it is reduced by what this merge reads.
+fn compact_partition(root: &Path, partition: &Path, cfg: &MaintenanceConfig, budget: &mut u64) -> Result<u64, CloudError> {
     let mut small = Vec::new();
     let mut keep = Vec::new();
     for entry in std::fs::read_dir(partition).map_err(io(partition))? {
@@ -154,17 +156,19 @@ fn compact_partition(root: &Path, partition: &Path, cfg: &MaintenanceConfig) -> 
     if cfg.compact_min_files == 0 || small.len() < cfg.compact_min_files.max(2) {
         return Ok(0);
     }
-    // The smallest first, up to the merge budget; the rest wait for the next run.
+    // The smallest first, up to the run's budget; the rest wait for the next run.
     small.sort();
-    let mut budget = cfg.max_merge_bytes;
     let mut merged = Vec::new();
     for (size, path) in small {
-        if merged.len() >= 2 && size > budget {
+        if size > *budget {
             keep.push(path);
             continue;
         }
-        budget = budget.saturating_sub(size);
+        *budget -= size;
         merged.push(path);
+    }
+    if merged.len() < 2 {
+        return Ok(0); // nothing worth a swap (the budget may be spent; the files stay as they are)
     }
     let batch = merge(&merged)?;
     let mut names: Vec<String> = merged.iter().filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).collect();
@@ -209,9 +213,10 @@ fn expire(root: &Path, today: NaiveDate, days: u32) -> Result<u64, CloudError> {
 pub fn run(root: &Path, cfg: &MaintenanceConfig, today: NaiveDate, grace: Duration) -> Result<Report, CloudError> {
     let mut report = Report { leftovers_removed: remove_leftovers(root, grace)?, ..Report::default() };
     report.partitions_expired = expire(root, today, cfg.retention_days)?;
+    let mut budget = cfg.max_merge_bytes;
     for date_dir in subdirs(&root.join("events"))? {
         for partition in subdirs(&date_dir)? {
-            let merged = compact_partition(root, &partition, cfg)?;
+            let merged = compact_partition(root, &partition, cfg, &mut budget)?;
             if merged > 0 {
                 report.partitions_compacted += 1;
                 report.files_merged += merged;
@@ -298,6 +303,28 @@ mod tests {
         assert_eq!(ids(&w).await, (505, 505));
         // A zero grace removed the earlier leftovers.
         assert_eq!(subdirs(&root.join("maintenance")).unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_run_merges_at_most_its_budget_and_the_next_run_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for flush in 0..6u128 {
+            for city in ["c01", "c02"] {
+                let events = (0..20).map(|i| event(flush * 1000 + i + if city == "c01" { 0 } else { 500 }, 23, city)).collect();
+                crate::sink::write_events(root, &format!("part-{flush:04}.parquet"), events, offset()).unwrap();
+            }
+        }
+        let one_file = std::fs::metadata(root.join("events/date=2026-11-23/city=c01/part-0000.parquet")).unwrap().len();
+        // Room for about 8 of the 12 small files: the first partition whole, part of the second.
+        let cfg = MaintenanceConfig { compact_min_files: 2, max_merge_bytes: one_file * 8 + one_file / 2, ..MaintenanceConfig::default() };
+        let today = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+        let first = run(root, &cfg, today, GRACE).unwrap();
+        assert!(first.files_merged <= 8 && first.files_merged >= 6, "{first:?}");
+        let second = run(root, &cfg, today, GRACE).unwrap();
+        assert!(second.files_merged >= 2, "{second:?}");
+        let w = Warehouse::open(root, Vec::new(), 1 << 28).await.unwrap();
+        assert_eq!(ids(&w).await, (240, 240));
     }
 
     #[tokio::test]
