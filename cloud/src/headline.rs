@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use chrono::NaiveDate;
 use tokio_util::sync::CancellationToken;
 
 use crate::CloudError;
@@ -19,9 +18,7 @@ use crate::warehouse::Warehouse;
 
 /// Recomputes every headline gauge once.
 pub async fn refresh(w: &Warehouse, t: &Thresholds, zt: &ZoneTargets, h: &HeadlineConfig, m: &CloudMetrics) -> Result<(), CloudError> {
-    let last = w.query_json("SELECT MAX(date) AS last FROM events").await?;
-    let last =
-        last.first().and_then(|r| r.get("last")).and_then(|v| v.as_str()).and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok());
+    let last = w.last_day().await?;
     for g in [&m.headline_utilisation, &m.headline_idle, &m.headline_live_interruption, &m.headline_resource_sharing] {
         g.reset();
     }

@@ -160,13 +160,7 @@ async fn main() -> anyhow::Result<()> {
             };
             let schools = edubrain_cloud::registry::load(&registry).with_context(|| format!("reading registry {}", registry.display()))?;
             let w = edubrain_cloud::Warehouse::open(&warehouse, schools, 4 << 30).await?;
-            let last = w.query_json("SELECT MAX(date) AS last FROM events").await?;
-            let last = last
-                .first()
-                .and_then(|r| r.get("last"))
-                .and_then(|v| v.as_str())
-                .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
-                .with_context(|| format!("no events in {}", warehouse.display()))?;
+            let last = w.last_day().await?.with_context(|| format!("no events in {}", warehouse.display()))?;
             let cutoff = last - chrono::Days::new(holdout_days.saturating_sub(1));
             let report = edubrain_cloud::analytics::evaluation::evaluate(&w, cutoff, &weights, k).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);

@@ -222,6 +222,12 @@ impl Warehouse {
         (self, log)
     }
 
+    /// The newest local school day with events, if any.
+    pub async fn last_day(&self) -> Result<Option<chrono::NaiveDate>, CloudError> {
+        let rows = self.query_json("SELECT MAX(date) AS last FROM events").await?;
+        Ok(rows.first().and_then(|r| r.get("last")?.as_str()).and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()))
+    }
+
     /// Runs SQL and returns rows as JSON objects.
     pub async fn query_json(&self, sql: &str) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, CloudError> {
         batches_to_json(&self.query(sql).await?)
