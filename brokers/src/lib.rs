@@ -5,6 +5,8 @@
 //! - [`free_port`]: a currently free loopback port.
 //! - [`Mosquitto`]: `deploy/mosquitto/edubrain.conf` plus a generated listener.
 //! - [`Tansu`]: memory or sqlite storage; `kill9` and `restart` for fault tests.
+//! - [`Prometheus`]: Debian's `prometheus` with `deploy/prometheus/` pointed at the running
+//!   edges and cloud, for the demo and the monitoring test.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -22,6 +24,8 @@ pub enum BrokerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("deploy/prometheus/prometheus.yml no longer has {what}; update Prometheus::deployed_config to match it")]
+    DeployedConfig { what: String },
     #[error("{what} did not accept connections on {addr} within {secs}s (log: {log})")]
     NotReady { what: &'static str, addr: SocketAddr, secs: u64, log: String },
 }
@@ -270,5 +274,104 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// Whether `GET path` on the loopback `port` answers 200 (HTTP/1.0, so the server closes).
+fn http_ok(port: u16, path: &str) -> bool {
+    use std::io::Read;
+    let Ok(mut stream) = TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(500)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut response = String::new();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_ok()
+        && stream.read_to_string(&mut response).is_ok()
+        && response.split_whitespace().nth(1) == Some("200")
+}
+
+/// Where Prometheus scrapes: the edge of every city and the cloud.
+#[derive(Debug, Clone)]
+pub struct ScrapeTargets {
+    pub edges: Vec<SocketAddr>,
+    pub cloud: SocketAddr,
+}
+
+/// A Prometheus server owned by this process.
+pub struct Prometheus {
+    _child: KillOnDrop,
+    pub port: u16,
+}
+
+impl Prometheus {
+    /// `deploy/prometheus/prometheus.yml` as deployed, with its targets replaced by `targets`,
+    /// its scrape and evaluation interval by `interval` (e.g. `"1s"`), and its rule file by the
+    /// deployed one's absolute path. Fails if the deployed file no longer has what is replaced,
+    /// so the demo and the test never run a config that drifted from it.
+    pub fn deployed_config(targets: &ScrapeTargets, interval: &str) -> Result<String, BrokerError> {
+        let dir = repo_root().join("deploy/prometheus");
+        let read_err = |e| BrokerError::Spawn { what: "prometheus", source: e };
+        let mut config = std::fs::read_to_string(dir.join("prometheus.yml")).map_err(read_err)?;
+        let list = |addrs: &[SocketAddr]| addrs.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
+        let replacements = [
+            ("targets: [\"127.0.0.1:9101\", \"127.0.0.1:9102\"]".to_string(), format!("targets: [{}]", list(&targets.edges)), 1),
+            ("targets: [\"127.0.0.1:8080\"]".to_string(), format!("targets: [{}]", list(&[targets.cloud])), 1),
+            ("_interval: 15s".to_string(), format!("_interval: {interval}"), 2),
+            ("  - alerts.yml".to_string(), format!("  - {}", dir.join("alerts.yml").display()), 1),
+        ];
+        for (from, to, times) in replacements {
+            if config.matches(&from).count() != times {
+                return Err(BrokerError::DeployedConfig { what: format!("{from:?} {times} time(s)") });
+            }
+            config = config.replace(&from, &to);
+        }
+        Ok(config)
+    }
+
+    /// Starts Debian's Prometheus (`scripts/ensure-tools` installs it) with `config`, its data
+    /// in `dir`, on a free loopback port.
+    pub fn start(dir: &Path, config: &str) -> Result<Self, BrokerError> {
+        let spawn_err = |e| BrokerError::Spawn { what: "prometheus", source: e };
+        let bin = find_binary(
+            "prometheus",
+            "EDUBRAIN_PROMETHEUS",
+            &[PathBuf::from("/usr/bin/prometheus")],
+            "run scripts/ensure-tools (apt-get install prometheus)",
+        )?;
+        std::fs::create_dir_all(dir).map_err(spawn_err)?;
+        let file = dir.join("prometheus.yml");
+        std::fs::write(&file, config).map_err(spawn_err)?;
+        let port = free_port();
+        let log_path = dir.join("prometheus.log");
+        let log = std::fs::File::create(&log_path).map_err(spawn_err)?;
+        let child = Command::new(bin)
+            .arg(format!("--config.file={}", file.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(spawn_err)?;
+        let mut child = KillOnDrop(child);
+        wait_ready("prometheus", port, &log_path, &mut child.0)?;
+        // The port opens before the TSDB and the rules are loaded; until then the API answers 503.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !http_ok(port, "/-/ready") {
+            if Instant::now() > deadline {
+                return Err(BrokerError::NotReady {
+                    what: "prometheus",
+                    addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                    secs: 30,
+                    log: log_path.display().to_string(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Self { _child: child, port })
+    }
+
+    /// `http://127.0.0.1:port`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
     }
 }

@@ -28,6 +28,9 @@ pub struct CloudMetrics {
     pub headline_gaps_over_threshold: GaugeVec,
     pub headline_zone_visits_per_school: GaugeVec,
     pub headline_zone_alerts: GaugeVec,
+    /// The configured target of each headline ratio, with `bound` min or max, so alert rules
+    /// compare against the thresholds the cloud computes with instead of a copy of them.
+    pub headline_target: GaugeVec,
     pub headline_refreshed: Gauge,
     pub headline_refresh_errors: IntCounter,
     pub maintenance_files_merged: IntCounter,
@@ -111,6 +114,13 @@ impl CloudMetrics {
             headline_zone_alerts: reg!(GaugeVec::new(
                 Opts::new("headline_zone_alerts", "Zone-monitoring alerts of the newest month and semester"),
                 &["zone"]
+            )),
+            headline_target: reg!(GaugeVec::new(
+                Opts::new(
+                    "headline_target_ratio",
+                    "Configured target of a headline ratio; bound says whether it is a floor (min) or a ceiling (max)"
+                ),
+                &["indicator", "bound"]
             )),
             headline_refreshed: reg!(Gauge::new(
                 "headline_refresh_timestamp_seconds",

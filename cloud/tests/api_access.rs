@@ -6,151 +6,16 @@
 //! holds a row of a school the role may not see, that `COUNT(*)` over `events` is exactly the
 //! role's share, and that no parameter string gets past its parser into SQL.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, OnceLock};
+mod common;
 
-use chrono::NaiveDate;
-use edubrain_agent::province::{self, ProvinceSpec};
-use edubrain_agent::simulate::{SimulationSpec, local_offset, simulate};
-use edubrain_cloud::access::{AccessConfig, AccessControl, Role};
-use edubrain_cloud::api::{AppState, router};
-use edubrain_cloud::batch::StoredEvent;
-use edubrain_cloud::config::{QueryLimits, RecommendationWeights, Thresholds, ZoneTargets};
-use edubrain_cloud::{CloudMetrics, Warehouse};
-use edubrain_schemas::School;
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::{Visible, fixture};
+use edubrain_cloud::CloudMetrics;
+use edubrain_cloud::access::Role;
+use edubrain_cloud::config::{Thresholds, ZoneTargets};
 use proptest::prelude::*;
 use serde_json::{Value, json};
-
-struct Fixture {
-    rt: tokio::runtime::Runtime,
-    base: String,
-    schools: Vec<School>,
-    /// Events per school id, as written to the warehouse.
-    events_per_school: BTreeMap<String, u64>,
-    /// (role, token); the last role is an alliance that does not exist.
-    principals: Vec<(Role, String)>,
-    metrics: CloudMetrics,
-    warehouse: Warehouse,
-    _dir: tempfile::TempDir,
-}
-
-impl Fixture {
-    fn token(&self, role: &Role) -> &str {
-        &self.principals.iter().find(|(r, _)| r == role).unwrap().1
-    }
-
-    fn visible(&self, role: &Role) -> Visible {
-        let seen: Vec<&School> = self.schools.iter().filter(|s| role.sees(s)).collect();
-        let set = |f: fn(&School) -> &str| seen.iter().map(|s| f(s).to_string()).collect::<BTreeSet<_>>();
-        Visible {
-            schools: set(|s| &s.school_id),
-            alliances: set(|s| &s.alliance),
-            zones: set(|s| &s.zone),
-            counties: set(|s| &s.county),
-            cities: set(|s| &s.city),
-        }
-    }
-
-    fn get(&self, token: Option<&str>, path_and_query: &str) -> (u16, Value, String) {
-        self.rt.block_on(async {
-            let mut req = reqwest::Client::new().get(format!("{}{path_and_query}", self.base));
-            if let Some(t) = token {
-                req = req.bearer_auth(t);
-            }
-            let resp = req.send().await.unwrap();
-            let status = resp.status().as_u16();
-            let ctype = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
-            let text = resp.text().await.unwrap();
-            let json = if ctype.starts_with("application/json") { serde_json::from_str(&text).unwrap() } else { Value::String(text) };
-            (status, json, ctype)
-        })
-    }
-
-    fn sql(&self, token: &str, sql: &str, max_rows: Option<usize>) -> (u16, Value) {
-        self.rt.block_on(async {
-            let mut body = json!({ "sql": sql });
-            if let Some(m) = max_rows {
-                body["max_rows"] = json!(m);
-            }
-            let resp =
-                reqwest::Client::new().post(format!("{}/api/v1/sql", self.base)).bearer_auth(token).json(&body).send().await.unwrap();
-            (resp.status().as_u16(), resp.json().await.unwrap())
-        })
-    }
-}
-
-#[derive(Debug)]
-struct Visible {
-    schools: BTreeSet<String>,
-    alliances: BTreeSet<String>,
-    zones: BTreeSet<String>,
-    counties: BTreeSet<String>,
-    cities: BTreeSet<String>,
-}
-
-fn fixture() -> &'static Fixture {
-    static F: OnceLock<Fixture> = OnceLock::new();
-    F.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let spec = ProvinceSpec { seed: 7, cities: 2, alliances_per_city: 2, schools_per_alliance: 3, classrooms_per_school: 2 };
-        let province = province::build(&spec);
-        let registry = dir.path().join("registry.csv");
-        edubrain_agent::write_registry(&province, &registry).unwrap();
-        let schools = edubrain_cloud::registry::load(&registry).unwrap();
-        // Two school days in one month and one in the next, so zone months have neighbours.
-        let mut events = Vec::new();
-        for (day, seed) in [(NaiveDate::from_ymd_opt(2026, 9, 29).unwrap(), 1), (NaiveDate::from_ymd_opt(2026, 10, 8).unwrap(), 2)] {
-            let spec = SimulationSpec { first_day: day, school_days: 2, heartbeat_minutes: 30, seed };
-            events.extend(simulate(&province, &spec));
-        }
-        let mut events_per_school = BTreeMap::new();
-        for e in &events {
-            *events_per_school.entry(e.header.school.clone()).or_insert(0u64) += 1;
-        }
-        let stored: Vec<StoredEvent> =
-            events.into_iter().map(|event| StoredEvent { received_time: event.header.event_time, event, clock_flag: None }).collect();
-        let root = dir.path().join("warehouse");
-        edubrain_cloud::sink::write_events(&root, "part-0.parquet", stored, local_offset()).unwrap();
-
-        let mut principals: Vec<(Role, String)> = vec![(Role::Province, "t-province".into())];
-        for c in schools.iter().map(|s| s.city.clone()).collect::<BTreeSet<_>>() {
-            principals.push((Role::City(c.clone()), format!("t-city-{c}")));
-        }
-        for a in schools.iter().map(|s| s.alliance.clone()).collect::<BTreeSet<_>>() {
-            principals.push((Role::Alliance(a.clone()), format!("t-alliance-{a}")));
-        }
-        principals.push((Role::Alliance("no-such-alliance".into()), "t-nobody".into()));
-        let mut access = AccessConfig::default();
-        for (i, (role, token)) in principals.iter().enumerate() {
-            access.add(&format!("p{i}"), role.clone(), token);
-        }
-
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let metrics = CloudMetrics::new();
-        let warehouse = rt.block_on(Warehouse::open(&root, schools.clone(), 1 << 30)).unwrap();
-        let base = rt.block_on(async {
-            let warehouse = warehouse.clone();
-            let (_tx, progress) = tokio::sync::watch::channel(Default::default());
-            std::mem::forget(_tx);
-            let state = AppState {
-                warehouse,
-                thresholds: Thresholds::default(),
-                weights: RecommendationWeights::default(),
-                zone_targets: ZoneTargets::default(),
-                limits: QueryLimits { sql_timeout_ms: 2_000, sql_max_rows: 1_000, ..QueryLimits::default() },
-                access: Arc::new(AccessControl::new(&access).unwrap()),
-                metrics: metrics.clone(),
-                progress,
-                scoped: Default::default(),
-            };
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
-            format!("http://{addr}")
-        });
-        Fixture { rt, base, schools, events_per_school, principals, metrics, warehouse, _dir: dir }
-    })
-}
 
 /// Asserts every row-owning identifier in an endpoint's answer is one `v` may see.
 fn assert_only_visible(endpoint: &str, answer: &Value, v: &Visible) {
@@ -389,7 +254,7 @@ fn foreign_school_is_not_found_and_audited() {
 fn sql_endpoint_is_read_only_and_limited() {
     let f = fixture();
     let token = f.token(&Role::Province);
-    let dir = f._dir.path().join("warehouse/events");
+    let dir = f.dir.path().join("warehouse/events");
     for (sql, needle) in [
         (format!("CREATE EXTERNAL TABLE raw STORED AS PARQUET LOCATION '{}'", dir.display()), "DDL"),
         ("CREATE TABLE t AS SELECT 1".to_string(), "DDL"),
@@ -577,6 +442,8 @@ fn headline_gauges_match_the_api() {
                 "group" => assert!(v.alliances.contains(val) || v.zones.contains(val), "{line}"),
                 "zone" => assert!(v.zones.contains(val), "{line}"),
                 "level" => assert!(val == "alliance" || val == "zone", "{line}"),
+                "indicator" => assert!(["utilisation", "idle", "live_interruption", "resource_sharing"].contains(&val), "{line}"),
+                "bound" => assert!(val == "min" || val == "max", "{line}"),
                 other => panic!("unexpected label {other} in {line}"),
             }
         }
@@ -584,6 +451,10 @@ fn headline_gauges_match_the_api() {
     for zone in &v.zones {
         assert!(gauge("headline_zone_alerts", &format!("zone=\"{zone}\"")).is_some(), "no alert gauge for {zone}:\n{text}");
     }
+    // The targets the alert rules compare with are the configured thresholds.
+    let t = Thresholds::default();
+    assert_eq!(gauge("headline_target_ratio", "bound=\"min\",indicator=\"utilisation\""), Some(t.utilisation_target));
+    assert_eq!(gauge("headline_target_ratio", "bound=\"max\",indicator=\"idle\""), Some(t.idle_rate_target));
     assert!(gauge("headline_refresh_timestamp_seconds", "").is_none()); // unlabelled: no braces
     assert!(text.lines().any(|l| l.starts_with("edubrain_cloud_headline_refresh_timestamp_seconds ") && !l.ends_with(" 0")));
 }

@@ -89,6 +89,11 @@ pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> anyhow::Res
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!("==> cloud: API http://{}", cloud.http_addr);
+    // Prometheus with the deployed config and alert rules, scraping this pipeline.
+    let scrape = edubrain_brokers::ScrapeTargets { edges: edges.iter().map(|e| e.http_addr).collect(), cloud: cloud.http_addr };
+    let prometheus =
+        edubrain_brokers::Prometheus::start(&dir.join("prometheus"), &edubrain_brokers::Prometheus::deployed_config(&scrape, "5s")?)?;
+    println!("==> prometheus: {} (alerts: {}/alerts)", prometheus.url(), prometheus.url());
 
     let spec =
         edubrain_agent::SimulatorConfig { school_days: config.school_days, ..Default::default() }.simulation_spec(Utc::now().date_naive());
@@ -195,6 +200,7 @@ pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> anyhow::Res
         "  curl -s {api}/metrics        # cloud metrics; edges: {}",
         edges.iter().map(|e| format!("http://{}/metrics", e.http_addr)).collect::<Vec<_>>().join(" ")
     );
+    println!("  {}/alerts   # Prometheus with deploy/prometheus/alerts.yml; dashboards for Grafana in deploy/grafana/", prometheus.url());
     println!("  cargo run -p edubrain-cloud -- gaps --registry {}", registry_path.display());
     println!("  Parquet files: {}/warehouse/events/date=*/city=*/", dir.display());
     if config.serve {

@@ -1,11 +1,39 @@
 //! Test-only crate: the end-to-end tests live in `tests/`; this holds what several share.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
+
+use edubrain_edge::{EdgeConfig, RunningEdge};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+/// Starts an edge per city on the test brokers (logins from the demo's provisioning secret,
+/// WALs under `dir/edge-{city}`) and waits until each holds its MQTT subscription, so nothing
+/// published afterwards can miss it.
+pub async fn start_edges(
+    cities: &[&str],
+    mqtt_port: u16,
+    kafka: &str,
+    dir: &Path,
+    secret: &str,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Vec<RunningEdge> {
+    let mut edges = Vec::new();
+    for city in cities {
+        let mut c = EdgeConfig::on_loopback(city, mqtt_port, kafka, &dir.join(format!("edge-{city}")));
+        c.login_with(secret);
+        edges.push(edubrain_edge::start(c, shutdown.clone()).await.unwrap());
+    }
+    for e in &edges {
+        while e.metrics.mqtt_subscribed.get() != 1 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    edges
+}
 
 /// Reads `n` records of `topic` from the beginning: (value, headers).
 pub async fn read_topic(brokers: &str, topic: &str, n: usize) -> Vec<(Vec<u8>, BTreeMap<String, String>)> {

@@ -12,7 +12,6 @@ use edubrain_agent::{
 };
 use edubrain_brokers::{Mosquitto, Storage, Tansu};
 use edubrain_cloud::CloudConfig;
-use edubrain_edge::EdgeConfig;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -37,20 +36,12 @@ async fn every_simulated_event_arrives_once_across_two_cities() {
     };
     edubrain_agent::write_registry(&p, &registry).unwrap();
 
-    let mut edges = Vec::new();
-    for city in ["c01", "c02"] {
-        let mut c = EdgeConfig::on_loopback(city, mosquitto.port, &tansu.bootstrap(), &dir.path().join(format!("edge-{city}")));
-        c.login_with(DEMO_PROVISIONING_SECRET);
-        edges.push(edubrain_edge::start(c, shutdown.clone()).await.unwrap());
-    }
+    let edges =
+        edubrain_e2e::start_edges(&["c01", "c02"], mosquitto.port, &tansu.bootstrap(), dir.path(), DEMO_PROVISIONING_SECRET, &shutdown)
+            .await;
     let mut cloud_config = CloudConfig::on_loopback(dir.path().join("warehouse"), Some(registry.clone()), &tansu.bootstrap());
     cloud_config.ingest.flush_interval_ms = 200;
     let cloud = edubrain_cloud::start(cloud_config, shutdown.clone()).await.unwrap();
-    for e in &edges {
-        while e.metrics.mqtt_subscribed.get() != 1 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
 
     let summary = edubrain_agent::run(config.clone(), Arc::new(PublishProgress::default()), shutdown.clone()).await.unwrap();
     assert_eq!(summary.terminals, 24);

@@ -32,6 +32,10 @@ pub struct EdgeConfig {
     /// Device clocks further ahead than this are flagged (the event is kept with both times).
     #[serde(default = "default_max_clock_ahead_hours")]
     pub max_clock_ahead_hours: i64,
+    /// A terminal heard from (any message, heartbeats included) within this many seconds counts
+    /// in `edubrain_edge_terminals_active`, the gauge behind the "terminals disconnected" alert.
+    #[serde(default = "default_terminal_active_secs")]
+    pub terminal_active_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -178,6 +182,9 @@ fn default_dedup_capacity() -> usize {
 }
 fn default_max_clock_ahead_hours() -> i64 {
     24
+}
+fn default_terminal_active_secs() -> u64 {
+    600
 }
 
 impl EdgeConfig {

@@ -302,7 +302,8 @@ impl Pump {
                         break;
                     }
                     self.truncate().await?;
-                    self.limiter.forget_idle(Instant::now());
+                    let active = self.limiter.forget_unheard(Instant::now(), Duration::from_secs(self.config.terminal_active_secs));
+                    self.metrics.terminals_active.set(active as i64);
                     if !full && let Err(e) = self.emit_rollups().await {
                         result = Err(e);
                         break;

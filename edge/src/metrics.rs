@@ -32,6 +32,7 @@ pub struct EdgeMetrics {
     pub mqtt_connected: IntGauge,
     pub mqtt_subscribed: IntGauge,
     pub mqtt_connection_errors: IntCounter,
+    pub terminals_active: IntGauge,
     pub delivery_latency: Histogram,
 }
 
@@ -119,6 +120,10 @@ impl EdgeMetrics {
                 "1 once the broker acknowledged the city subscription (SUBACK) on the current connection",
             ),
             mqtt_connection_errors: counter("mqtt_connection_errors_total", "MQTT connection errors (each followed by a reconnect)"),
+            terminals_active: gauge(
+                "terminals_active",
+                "Terminals heard from (events or heartbeats) within terminal_active_secs; a sudden fall means classrooms lost their link",
+            ),
             delivery_latency,
             registry,
         }

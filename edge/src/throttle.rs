@@ -31,8 +31,9 @@ struct Bucket {
 }
 
 /// Token buckets keyed by the terminal's topic. The broker's ACL lets a login publish only on
-/// its own topic, so keys are bounded by the terminals provisioned for the city; idle buckets
-/// (full again) are dropped by [`TerminalRateLimiter::forget_idle`].
+/// its own topic, so keys are bounded by the terminals provisioned for the city. A bucket's last
+/// use is also when its terminal was last heard from, so the buckets double as the edge's view
+/// of which terminals are active; [`TerminalRateLimiter::forget_unheard`] drops the rest.
 #[derive(Debug)]
 pub struct TerminalRateLimiter {
     limit: RateLimit,
@@ -66,10 +67,19 @@ impl TerminalRateLimiter {
         }
     }
 
-    /// Drops buckets that have refilled completely by `now`: they hold no state worth keeping.
-    pub fn forget_idle(&mut self, now: Instant) {
+    /// Drops the buckets of terminals not heard from within `window` before `now` and returns
+    /// how many terminals were (the `terminals_active` gauge). A dropped bucket would have been
+    /// full again: forgetting it changes no verdict.
+    pub fn forget_unheard(&mut self, now: Instant, window: Duration) -> usize {
         let RateLimit { per_second, burst } = self.limit;
-        self.buckets.retain(|_, b| b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * per_second < burst);
+        let refill = Duration::from_secs_f64(burst / per_second);
+        let keep = window.max(refill);
+        self.buckets.retain(|_, b| now.saturating_duration_since(b.at) < keep);
+        if keep == window {
+            self.buckets.len()
+        } else {
+            self.buckets.values().filter(|b| now.saturating_duration_since(b.at) < window).count()
+        }
     }
 
     pub fn tracked(&self) -> usize {
@@ -122,14 +132,32 @@ mod tests {
     }
 
     #[test]
-    fn idle_buckets_are_forgotten_busy_ones_kept() {
+    fn terminals_heard_within_the_window_count_as_active_the_rest_are_forgotten() {
         let mut l = limiter();
         let t0 = Instant::now();
-        l.admit("idle", t0);
+        l.admit("gone", t0);
         for _ in 0..5 {
-            l.admit("busy", t0 + Duration::from_millis(400));
+            l.admit("busy", t0 + Duration::from_secs(50));
         }
-        l.forget_idle(t0 + Duration::from_millis(450));
-        assert_eq!(l.tracked(), 1, "only the bucket still refilling is kept");
+        l.admit("quiet", t0 + Duration::from_secs(59));
+        assert_eq!(l.forget_unheard(t0 + Duration::from_secs(60), Duration::from_secs(30)), 2);
+        assert_eq!(l.tracked(), 2, "the terminal unheard for 60 s is forgotten");
+        assert_eq!(l.forget_unheard(t0 + Duration::from_secs(200), Duration::from_secs(30)), 0);
+        assert_eq!(l.tracked(), 0);
+    }
+
+    #[test]
+    fn a_bucket_still_refilling_is_kept_even_when_its_terminal_counts_as_gone() {
+        // 1 token/s with a burst of 100: an emptied bucket needs 100 s to be full again.
+        let mut l = TerminalRateLimiter::new(RateLimit { per_second: 1.0, burst: 100.0 });
+        let t0 = Instant::now();
+        for _ in 0..100 {
+            l.admit("looping", t0);
+        }
+        assert_eq!(l.forget_unheard(t0 + Duration::from_secs(40), Duration::from_secs(30)), 0);
+        assert_eq!(l.tracked(), 1, "forgetting it would hand the looping terminal a fresh burst");
+        assert!(matches!(l.admit("looping", t0 + Duration::from_secs(40)), Admission::Admit));
+        assert_eq!(l.forget_unheard(t0 + Duration::from_secs(150), Duration::from_secs(30)), 0);
+        assert_eq!(l.tracked(), 0);
     }
 }
