@@ -1,7 +1,9 @@
 //! The HTTP API, described by `cloud/openapi.json` (served at `/api/v1/openapi.json`):
 //! summary, utilisation, gaps, recommendations, zone monitoring, zone partition suggestions and
 //! a read-only SQL endpoint,
-//! each as JSON or (`format=csv`) CSV; plus `/metrics` and `/healthz`.
+//! each as JSON or (`format=csv`) CSV; plus `/metrics` and `/healthz`, and the web dashboard
+//! (`/`, static files from `cloud/web/` built into the binary) that calls these endpoints with
+//! the user's token.
 //!
 //! Every `/api/v1` data endpoint needs a bearer token ([`crate::access`]); it then runs on the
 //! caller's scoped warehouse, which holds only the rows its role may see. Query parameters are
@@ -40,6 +42,14 @@ use crate::warehouse::{Warehouse, batches_to_json};
 
 /// The OpenAPI description of this API (kept beside the code; a test checks they agree).
 pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// The web dashboard: one page, its script and its style sheet. Built in, so the binary is the
+/// whole deployment; no data is in them (the script fetches it with the user's token).
+const WEB_INDEX: &str = include_str!("../web/index.html");
+const WEB_SCRIPT: &str = include_str!("../web/app.js");
+const WEB_STYLE: &str = include_str!("../web/style.css");
+/// Only this origin's script and style, no inline code, no framing, no referrer leaking ids.
+const WEB_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 
 #[derive(Clone)]
 pub struct AppState {
@@ -84,6 +94,9 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health))
         .route("/metrics", get(metrics))
         .route("/api/v1/openapi.json", get(openapi))
+        .route("/", get(|| web(WEB_INDEX, "text/html; charset=utf-8")))
+        .route("/ui/app.js", get(|| web(WEB_SCRIPT, "text/javascript; charset=utf-8")))
+        .route("/ui/style.css", get(|| web(WEB_STYLE, "text/css; charset=utf-8")))
         .merge(data)
         .with_state(state)
 }
@@ -293,6 +306,19 @@ async fn health(State(s): State<AppState>) -> impl IntoResponse {
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render())
+}
+
+async fn web(body: &'static str, content_type: &'static str) -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_SECURITY_POLICY, WEB_CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
 }
 
 async fn openapi() -> impl IntoResponse {

@@ -182,6 +182,8 @@ pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> anyhow::Res
     print_summary(&cloud, &cloud_config, &province).await?;
     println!("\nWhere to look:");
     let api = format!("http://{}", cloud.http_addr);
+    let province_token = std::fs::read_to_string(&token_files[0])?;
+    println!("  {api}/#token={province_token}   # the web dashboard, as the province (open in a browser)");
     let auth = format!("-H \"Authorization: Bearer $(cat {})\"", token_files[0].display());
     let city_auth = format!("-H \"Authorization: Bearer $(cat {})\"", token_files[1].display());
     println!("  curl -s {auth} {api}/api/v1/summary");
