@@ -34,6 +34,7 @@ use crate::access::{AccessControl, Denial, Principal, Role};
 use crate::analytics::gaps::{GapReport, Scope};
 use crate::analytics::utilisation::{GroupBy, utilisation};
 use crate::analytics::{DateRange, partition, recommend, zones};
+use crate::audit::{AuditAction, AuditLog, AuditRecord};
 use crate::config::{QueryLimits, RecommendationWeights, Thresholds, ZoneTargets};
 use crate::ingest::IngestProgress;
 use crate::metrics::CloudMetrics;
@@ -64,6 +65,7 @@ pub struct AppState {
     pub progress: watch::Receiver<IngestProgress>,
     /// Scoped warehouses, one per role that has called (bounded by the configured principals).
     pub scoped: Arc<Mutex<HashMap<Role, Warehouse>>>,
+    pub audit: AuditLog,
 }
 
 impl AppState {
@@ -101,18 +103,30 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Refuses requests without a known bearer token (401, counted and logged), and hands the
-/// caller's [`Principal`] to the handlers.
+/// Refuses requests without a known bearer token (401, counted, logged and audited with the
+/// client's address), hands the caller's [`Principal`] to the handlers, and audits each
+/// answered request with its status and duration.
 async fn authenticate(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
+    let target = req.uri().path_and_query().map(|pq| pq.as_str().to_string()).unwrap_or_default();
+    let client = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.to_string());
     let authorization = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     match s.access.authenticate(authorization) {
         Ok(p) => {
             let p = p.clone();
-            req.extensions_mut().insert(p);
-            next.run(req).await
+            req.extensions_mut().insert(p.clone());
+            let started = Instant::now();
+            let response = next.run(req).await;
+            let mut r = AuditRecord::new(AuditAction::Request, target);
+            r.principal = Some(p.name);
+            r.role = Some(p.role.to_string());
+            r.client = client;
+            r.status = Some(response.status().as_u16());
+            r.secs = Some(started.elapsed().as_secs_f64());
+            s.audit.record(r).await;
+            response
         }
         Err(denial) => {
-            deny(&s, denial, "-", req.uri().path());
+            deny(&s, denial, None, client, target).await;
             let mut r =
                 ApiError(StatusCode::UNAUTHORIZED, format!("{}: send Authorization: Bearer <token>", denial.as_str())).into_response();
             r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -121,9 +135,17 @@ async fn authenticate(State(s): State<AppState>, mut req: Request, next: Next) -
     }
 }
 
-fn deny(s: &AppState, denial: Denial, principal: &str, path: &str) {
+/// Counts, logs and audits a refusal.
+async fn deny(s: &AppState, denial: Denial, principal: Option<&Principal>, client: Option<String>, target: String) {
     s.metrics.api_denied.with_label_values(&[denial.as_str()]).inc();
-    tracing::warn!(target: "edubrain_cloud::audit", reason = denial.as_str(), principal, path, "API request refused");
+    let name = principal.map_or("-", |p| p.name.as_str());
+    tracing::warn!(target: "edubrain_cloud::audit", reason = denial.as_str(), principal = name, target, "API request refused");
+    let mut r = AuditRecord::new(AuditAction::Denied, target);
+    r.principal = principal.map(|p| p.name.clone());
+    r.role = principal.map(|p| p.role.to_string());
+    r.client = client;
+    r.reason = Some(denial.as_str().to_string());
+    s.audit.record(r).await;
 }
 
 /// An API error: status plus a message naming the bad input.
@@ -368,7 +390,7 @@ async fn recommendations(State(s): State<AppState>, Extension(p): Extension<Prin
             // The same answer whether the school is foreign or unknown: a role learns nothing
             // about schools it may not see. A foreign one is still counted and audited.
             if s.warehouse.schools().iter().any(|x| x.school_id == school) {
-                deny(&s, Denial::ForeignSchool, &p.name, "/api/v1/recommendations");
+                deny(&s, Denial::ForeignSchool, Some(&p), None, format!("/api/v1/recommendations?school={school}")).await;
             }
             return Err(ApiError(StatusCode::NOT_FOUND, format!("school {school:?} is not in the registry you can see")));
         }
@@ -456,8 +478,16 @@ async fn sql(
         let axum::Json(req) = body.map_err(|e| bad(format!("body: {e} (expected {{\"sql\": \"SELECT …\"}})")))?;
         let w = s.warehouse_for(&p.role).await?;
         let max_rows = req.max_rows.unwrap_or(s.limits.sql_max_rows).min(s.limits.sql_max_rows);
+        let started = Instant::now();
         let answer = run_sql(&w, &req.sql, s.limits.sql_timeout_ms, max_rows).await;
         tracing::info!(target: "edubrain_cloud::audit", principal = %p.name, role = %p.role, ok = answer.is_ok(), sql = %req.sql, "sql query");
+        let mut r = AuditRecord::new(AuditAction::Sql, "/api/v1/sql");
+        r.principal = Some(p.name.clone());
+        r.role = Some(p.role.to_string());
+        r.sql = Some(req.sql.clone());
+        r.ok = Some(answer.is_ok());
+        r.secs = Some(started.elapsed().as_secs_f64());
+        s.audit.record(r).await;
         answer
     })
     .await

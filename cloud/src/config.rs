@@ -33,6 +33,16 @@ pub struct CloudConfig {
     pub headline: HeadlineConfig,
     /// Compaction and retention of the Parquet files.
     pub maintenance: crate::maintenance::MaintenanceConfig,
+    /// Where the audit log goes.
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Directory of the daily `audit-YYYY-MM-DD.jsonl` files (default: `<warehouse_dir>/audit`).
+    pub dir: Option<PathBuf>,
 }
 
 impl Default for CloudConfig {
@@ -51,6 +61,7 @@ impl Default for CloudConfig {
             query: QueryLimits::default(),
             headline: HeadlineConfig::default(),
             maintenance: Default::default(),
+            audit: AuditConfig::default(),
         }
     }
 }

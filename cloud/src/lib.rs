@@ -9,6 +9,7 @@
 //! - [`warehouse`]: the DataFusion session over `events`, `schools`, `school_dim`.
 //! - [`analytics`]: utilisation, gap analysis, recommendations, zone monitoring.
 //! - [`access`]: bearer-token principals and roles (province, city, alliance).
+//! - [`audit`]: the audit log of API requests, SQL queries and refusals (JSON lines, fsynced).
 //! - [`api`]: HTTP API (JSON and CSV, `cloud/openapi.json`), SQL endpoint, `/metrics`, `/healthz`.
 //! - [`headline`]: headline indicators per alliance and zone as Prometheus gauges.
 //! - [`start`] / [`run`]: wire it together.
@@ -16,6 +17,7 @@
 pub mod access;
 pub mod analytics;
 pub mod api;
+pub mod audit;
 pub mod batch;
 pub mod config;
 pub mod headline;
@@ -67,12 +69,23 @@ pub struct RunningCloud {
     pub metrics: CloudMetrics,
     pub progress: watch::Receiver<IngestProgress>,
     ingest: tokio::sync::oneshot::Receiver<Result<(), CloudError>>,
+    http: tokio::task::JoinHandle<()>,
+    audit_writer: std::thread::JoinHandle<()>,
 }
 
 impl RunningCloud {
-    /// Waits for ingest to stop (after `shutdown`), flushing what it holds.
+    /// Waits for ingest to stop (after `shutdown`), flushing what it holds, and for the API to
+    /// close and the audit log to be written out.
     pub async fn wait(self) -> Result<(), CloudError> {
-        self.ingest.await.map_err(|_| CloudError::Query("ingest thread panicked".into()))?
+        let ingest = self.ingest.await.map_err(|_| CloudError::Query("ingest thread panicked".into()))?;
+        // The server holds the audit log's senders; once it has stopped, the writer drains.
+        let _ = self.http.await;
+        let writer = self.audit_writer;
+        tokio::task::spawn_blocking(move || writer.join())
+            .await
+            .map_err(|_| CloudError::Query("audit writer join failed".into()))?
+            .map_err(|_| CloudError::Query("audit writer panicked".into()))?;
+        ingest
     }
 }
 
@@ -86,6 +99,8 @@ pub async fn start(config: CloudConfig, shutdown: CancellationToken) -> Result<R
     let warehouse = Warehouse::open(&config.warehouse_dir, registry, config.query.memory_limit_bytes).await?;
     let metrics = CloudMetrics::new();
     let (tx, rx) = watch::channel(IngestProgress::default());
+    let audit_dir = config.audit.dir.clone().unwrap_or_else(|| config.warehouse_dir.join("audit"));
+    let (audit, audit_writer) = audit::AuditLog::start(&audit_dir, metrics.clone())?;
     let listener = tokio::net::TcpListener::bind(&config.http_listen)
         .await
         .map_err(|e| CloudError::Io { path: config.http_listen.clone(), source: e })?;
@@ -100,6 +115,7 @@ pub async fn start(config: CloudConfig, shutdown: CancellationToken) -> Result<R
         metrics: metrics.clone(),
         progress: rx.clone(),
         scoped: Default::default(),
+        audit,
     };
     tokio::spawn(headline::run(
         warehouse.clone(),
@@ -110,8 +126,10 @@ pub async fn start(config: CloudConfig, shutdown: CancellationToken) -> Result<R
         shutdown.clone(),
     ));
     let http_shutdown = shutdown.clone();
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, api::router(state)).with_graceful_shutdown(http_shutdown.cancelled_owned()).await {
+    let http = tokio::spawn(async move {
+        // With the peer's address, which the audit log records.
+        let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(http_shutdown.cancelled_owned()).await {
             tracing::error!(error = %e, "cloud HTTP server failed");
         }
     });
@@ -132,7 +150,7 @@ pub async fn start(config: CloudConfig, shutdown: CancellationToken) -> Result<R
             let _ = done_tx.send(result);
         })
         .map_err(|e| CloudError::Io { path: "ingest thread".into(), source: e })?;
-    Ok(RunningCloud { http_addr, warehouse, metrics, progress: rx, ingest: done_rx })
+    Ok(RunningCloud { http_addr, warehouse, metrics, progress: rx, ingest: done_rx, http, audit_writer })
 }
 
 /// Runs until `shutdown` is cancelled.

@@ -37,6 +37,8 @@ pub struct CloudMetrics {
     pub maintenance_partitions_compacted: IntCounter,
     pub maintenance_partitions_expired: IntCounter,
     pub maintenance_errors: IntCounter,
+    pub audit_records: IntCounterVec,
+    pub audit_write_errors: IntCounter,
 }
 
 impl CloudMetrics {
@@ -134,6 +136,11 @@ impl CloudMetrics {
             )),
             maintenance_partitions_expired: reg!(IntCounter::new("maintenance_partitions_expired_total", "Days removed by retention")),
             maintenance_errors: reg!(IntCounter::new("maintenance_errors_total", "Failed maintenance runs (retried at the next interval)")),
+            audit_records: reg!(IntCounterVec::new(
+                Opts::new("audit_records_total", "Audit records written and fsynced, by action (request, sql, denied)"),
+                &["action"]
+            )),
+            audit_write_errors: reg!(IntCounter::new("audit_write_errors_total", "Audit batches that could not be written")),
             registry,
         }
     }

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use common::{Visible, fixture};
 use edubrain_cloud::CloudMetrics;
 use edubrain_cloud::access::Role;
+use edubrain_cloud::audit::AuditAction;
 use edubrain_cloud::config::{Thresholds, ZoneTargets};
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -248,6 +249,66 @@ fn foreign_school_is_not_found_and_audited() {
         unknown["error"].as_str().unwrap().replace("zz-nowhere", "ID")
     );
     assert_eq!(f.metrics.api_denied.with_label_values(&["foreign_school"]).get(), before + 1);
+}
+
+/// Every data request, SQL query and refusal is in the audit log with who, what and how it
+/// ended; no token ever is.
+#[test]
+fn the_audit_log_records_requests_sql_and_refusals_never_tokens() {
+    let f = fixture();
+    let city = Role::City(f.schools[0].city.clone());
+    let foreign = f.schools.iter().find(|s| !city.sees(s)).unwrap();
+    let token = f.token(&city).to_string();
+    assert_eq!(f.get(Some(&token), "/api/v1/utilisation?by=alliance").0, 200);
+    assert_eq!(f.get(Some(&token), "/api/v1/utilisation?by=galaxy").0, 400);
+    assert_eq!(f.get(Some(&token), &format!("/api/v1/recommendations?school={}", foreign.school_id)).0, 404);
+    assert_eq!(f.get(Some("guessed-token"), "/api/v1/summary").0, 401);
+    assert_eq!(f.get(None, "/api/v1/zones").0, 401);
+    assert_eq!(f.sql(&token, "SELECT COUNT(*) AS n FROM events", None).0, 200);
+    assert_eq!(f.sql(&token, "DROP TABLE events", None).0, 400);
+
+    let dir = f.dir.path().join("audit");
+    let day = chrono::Utc::now().date_naive();
+    // 5 answered requests (3 GETs, 2 SQL), 2 SQL texts, 3 refusals (a foreign school, an unknown
+    // token, no token).
+    let wanted = 10;
+    let records = {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let r = edubrain_cloud::audit::read_day(&dir, day).unwrap_or_default();
+            if r.len() >= wanted || std::time::Instant::now() > deadline {
+                break r;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    assert_eq!(records.len(), wanted, "{records:#?}");
+    let principal = f.principals.iter().position(|(r, _)| *r == city).map(|i| format!("p{i}")).unwrap();
+    let find = |action: AuditAction, target: &str| {
+        records.iter().find(|r| r.action == action && r.target == target).unwrap_or_else(|| panic!("no {action:?} {target}: {records:#?}"))
+    };
+    let ok = find(AuditAction::Request, "/api/v1/utilisation?by=alliance");
+    assert_eq!((ok.principal.as_deref(), ok.status), (Some(principal.as_str()), Some(200)));
+    assert_eq!(ok.role.as_deref(), Some(city.to_string().as_str()));
+    assert!(ok.client.as_deref().is_some_and(|c| c.starts_with("127.0.0.1:")), "{ok:?}");
+    assert_eq!(find(AuditAction::Request, "/api/v1/utilisation?by=galaxy").status, Some(400));
+    let foreign_target = format!("/api/v1/recommendations?school={}", foreign.school_id);
+    assert_eq!(find(AuditAction::Denied, &foreign_target).reason.as_deref(), Some("foreign_school"));
+    assert_eq!(find(AuditAction::Request, &foreign_target).status, Some(404));
+    let failed_login = find(AuditAction::Denied, "/api/v1/summary");
+    assert_eq!((failed_login.reason.as_deref(), failed_login.principal.as_deref()), (Some("unknown_token"), None));
+    assert!(failed_login.client.is_some());
+    assert_eq!(find(AuditAction::Denied, "/api/v1/zones").reason.as_deref(), Some("missing_token"));
+    let sql: Vec<_> = records.iter().filter(|r| r.action == AuditAction::Sql).collect();
+    assert_eq!(sql.len(), 2, "{sql:#?}");
+    assert_eq!((sql[0].sql.as_deref(), sql[0].ok), (Some("SELECT COUNT(*) AS n FROM events"), Some(true)));
+    assert_eq!((sql[1].sql.as_deref(), sql[1].ok), (Some("DROP TABLE events"), Some(false)));
+    assert_eq!(records.iter().filter(|r| r.action == AuditAction::Request && r.target == "/api/v1/sql").count(), 2);
+    let text = std::fs::read_to_string(edubrain_cloud::audit::file_for(&dir, day)).unwrap();
+    for (_, t) in &f.principals {
+        assert!(!text.contains(t.as_str()), "a token is in the audit log");
+    }
+    assert!(!text.contains("guessed-token"));
 }
 
 #[test]

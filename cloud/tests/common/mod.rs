@@ -12,6 +12,7 @@ use edubrain_agent::province::{self, ProvinceSpec};
 use edubrain_agent::simulate::{SimulationSpec, local_offset, simulate};
 use edubrain_cloud::access::{AccessConfig, AccessControl, Role};
 use edubrain_cloud::api::{AppState, router};
+use edubrain_cloud::audit::AuditLog;
 use edubrain_cloud::batch::StoredEvent;
 use edubrain_cloud::config::{QueryLimits, RecommendationWeights, Thresholds, ZoneTargets};
 use edubrain_cloud::{CloudMetrics, Warehouse};
@@ -139,10 +140,13 @@ pub fn fixture() -> &'static Fixture {
                 metrics: metrics.clone(),
                 progress,
                 scoped: Default::default(),
+                // The writer thread lives as long as the server, i.e. the test process.
+                audit: AuditLog::start(&dir.path().join("audit"), metrics.clone()).unwrap().0,
             };
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
-            tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+            let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
             format!("http://{addr}")
         });
         Fixture { rt, base, schools, events_per_school, principals, metrics, warehouse, dir }
