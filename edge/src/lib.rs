@@ -9,6 +9,7 @@
 //! - [`ship`]: WAL → Kafka (idempotent, `acks=all`), confirming records back to the WAL.
 //! - [`kafka`]: topic creation and the producer.
 //! - [`metrics`]: Prometheus metrics; [`http`]: `/metrics` and `/healthz`.
+//! - [`status`]: the operator's `edubrain-edge status`, read from a running edge's `/metrics`.
 //! - [`start`] / [`run`]: wire it together.
 //!
 //! Delivery guarantee. The edge's MQTT session is persistent and acks are manual. Messages are
@@ -29,6 +30,7 @@ pub mod metrics;
 pub mod record;
 pub mod rollup;
 mod ship;
+pub mod status;
 pub mod throttle;
 
 use std::collections::{BTreeMap, VecDeque};
