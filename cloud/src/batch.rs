@@ -382,14 +382,14 @@ pub fn build_batch(events: &[StoredEvent]) -> Result<RecordBatch, ArrowError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use chrono::TimeZone;
     use datafusion::arrow::array::{Array, StringArray};
     use edubrain_schemas::Header;
     use edubrain_schemas::event::BandwidthSampled;
 
-    fn stored(id: u128, event_time: DateTime<Utc>, received: DateTime<Utc>, clock_flag: Option<ClockFlag>) -> StoredEvent {
+    pub(crate) fn stored(id: u128, event_time: DateTime<Utc>, received: DateTime<Utc>, clock_flag: Option<ClockFlag>) -> StoredEvent {
         StoredEvent {
             event: Event {
                 header: Header {

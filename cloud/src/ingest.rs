@@ -12,7 +12,7 @@ use chrono::{DateTime, FixedOffset, TimeZone, Utc};
 use datafusion::arrow::array::{ArrayRef, Int32Array, Int64Array, StringArray, TimestampMillisecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
-use edubrain_schemas::dedup::{DedupWindow, Seen, fingerprint};
+use edubrain_schemas::dedup::{DedupWindow, Seen, UNKNOWN_CONTENT, fingerprint};
 use edubrain_schemas::validate::ClockFlag;
 use edubrain_schemas::{Event, SchemaError, ValidationPolicy, validate};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -113,6 +113,15 @@ pub async fn run(
         .ok_or_else(|| CloudError::Config("utc_offset_hours out of range".into()))?;
     let policy = ValidationPolicy { max_clock_ahead: chrono::Duration::hours(24), ..ValidationPolicy::default() };
     let mut seen = DedupWindow::new(config.ingest.dedup_capacity);
+    // A crash after a flush's files were renamed into place but before its offsets were
+    // committed leaves events that are durable and will be consumed again, in batches whose
+    // boundaries (and so file names) may differ this time. The newest files hold them: their
+    // ids go into the window first, so those copies are dropped as duplicates.
+    let recent = recent_event_ids(&root, config.ingest.dedup_capacity)?;
+    tracing::info!(ids = recent.len(), "dedup window seeded from the newest Parquet files");
+    for id in recent.into_iter().rev() {
+        seen.observe(id, UNKNOWN_CONTENT);
+    }
     let mut buffer: Vec<StoredEvent> = Vec::new();
     let mut poison: Vec<Quarantined> = Vec::new();
     let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
@@ -275,6 +284,53 @@ fn spawn_lag_probe(
     });
 }
 
+/// Event ids of the newest Parquet files under `root/events` (by modification time), newest
+/// file first, until `capacity` ids are read.
+pub fn recent_event_ids(root: &Path, capacity: usize) -> Result<Vec<u128>, CloudError> {
+    use datafusion::parquet::arrow::ProjectionMask;
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let io = |p: &Path| {
+        let path = p.display().to_string();
+        move |e: std::io::Error| CloudError::Io { path: path.clone(), source: e }
+    };
+    let mut files = Vec::new();
+    let mut dirs = vec![root.join("events")];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries {
+            let entry = entry.map_err(io(&dir))?;
+            let path = entry.path();
+            let meta = entry.metadata().map_err(io(&path))?;
+            if meta.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                files.push((meta.modified().map_err(io(&path))?, path));
+            }
+        }
+    }
+    files.sort_by_key(|f| std::cmp::Reverse(f.0));
+    let mut ids = Vec::new();
+    for (_, path) in files {
+        if ids.len() >= capacity {
+            break;
+        }
+        let err = |message: String| CloudError::Parquet { path: path.display().to_string(), message };
+        let builder =
+            ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).map_err(io(&path))?).map_err(|e| err(e.to_string()))?;
+        let mask = ProjectionMask::columns(builder.parquet_schema(), ["event_id"]);
+        for batch in builder.with_projection(mask).build().map_err(|e| err(e.to_string()))? {
+            let batch = batch.map_err(|e| err(e.to_string()))?;
+            let column =
+                batch.column(0).as_any().downcast_ref::<StringArray>().ok_or_else(|| err("event_id is not a string column".into()))?;
+            for id in column.iter().flatten() {
+                ids.push(uuid::Uuid::parse_str(id).map_err(|e| err(format!("event_id {id:?}: {e}")))?.as_u128());
+            }
+        }
+    }
+    ids.truncate(capacity);
+    Ok(ids)
+}
+
 /// 64-bit FNV-1a: a stable file name from the offsets a flush covers (and, in maintenance,
 /// from the names of the files a merge replaces).
 pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
@@ -365,4 +421,25 @@ fn quarantine_batch(rows: &[Quarantined]) -> Result<RecordBatch, CloudError> {
         Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|_| now)).with_timezone("UTC")),
     ];
     Ok(RecordBatch::try_new(quarantine_schema(), cols)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{FixedOffset, TimeZone, Utc};
+
+    use super::*;
+    use crate::batch::tests::stored;
+
+    #[test]
+    fn recent_event_ids_come_from_the_newest_files_first_up_to_the_capacity() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Utc.with_ymd_and_hms(2026, 11, 16, 2, 0, 0).unwrap();
+        let cst = FixedOffset::east_opt(8 * 3600).unwrap();
+        assert!(recent_event_ids(dir.path(), 10).unwrap().is_empty(), "no warehouse yet");
+        write_events(dir.path(), "part-a.parquet", (1..=3).map(|id| stored(id, t, t, None)).collect(), cst).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        write_events(dir.path(), "part-b.parquet", (4..=5).map(|id| stored(id, t, t, None)).collect(), cst).unwrap();
+        assert_eq!(recent_event_ids(dir.path(), 10).unwrap(), vec![4, 5, 1, 2, 3]);
+        assert_eq!(recent_event_ids(dir.path(), 3).unwrap(), vec![4, 5, 1], "the newest file first, then cut at the capacity");
+    }
 }

@@ -204,10 +204,22 @@ impl Warehouse {
         &self.ctx
     }
 
-    /// Runs SQL and collects the result.
+    /// Runs SQL and collects the result. A query that listed a partition just before compaction
+    /// swapped it (the kill -9 test found this) is run again: the files it names are gone from
+    /// their path, and a new listing finds the merged file holding the same rows.
     pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>, CloudError> {
         let started = std::time::Instant::now();
-        let batches = self.ctx.sql(sql).await?.collect().await?;
+        let mut attempt = 0;
+        let batches = loop {
+            match self.ctx.sql(sql).await?.collect().await {
+                Ok(b) => break b,
+                Err(e) if attempt < 3 && listed_file_vanished(&e) => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, attempt, "a listed file was swapped out by compaction; querying again");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         if let Some(log) = &self.query_log {
             let rows = batches.iter().map(RecordBatch::num_rows).sum();
             log.lock().expect("query log lock").push((sql.to_string(), rows, started.elapsed().as_secs_f64()));
@@ -232,6 +244,18 @@ impl Warehouse {
     pub async fn query_json(&self, sql: &str) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, CloudError> {
         batches_to_json(&self.query(sql).await?)
     }
+}
+
+/// Whether a query failed because a file it had listed no longer exists at its path.
+fn listed_file_vanished(e: &datafusion::error::DataFusionError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// Arrow batches to JSON rows (nulls omitted, as arrow-json writes them).

@@ -26,10 +26,14 @@ pub enum Seen {
 
 /// A fingerprint of an event's wire bytes (SipHash with fixed keys). The window lives in memory
 /// and is refilled from the bytes in the log at start, so fingerprints only need to agree
-/// within one process.
+/// within one process. Never [`UNKNOWN_CONTENT`].
 pub fn fingerprint(payload: &[u8]) -> u64 {
-    BuildHasherDefault::<DefaultHasher>::default().hash_one(payload)
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(payload) | 1
 }
+
+/// The fingerprint of an id known to be stored without its original bytes (the cloud reads ids
+/// back from Parquet after a crash): a later copy is taken as a duplicate whatever its bytes.
+pub const UNKNOWN_CONTENT: u64 = 0;
 
 #[derive(Debug)]
 pub struct DedupWindow {
@@ -46,7 +50,7 @@ impl DedupWindow {
     /// Looks `id` up and records it with `fingerprint` when it is new.
     pub fn observe(&mut self, id: u128, fingerprint: u64) -> Seen {
         match self.seen.get(&id) {
-            Some(&f) if f == fingerprint => return Seen::Duplicate,
+            Some(&f) if f == fingerprint || f == UNKNOWN_CONTENT => return Seen::Duplicate,
             Some(_) => return Seen::Conflict,
             None => {}
         }
@@ -94,5 +98,13 @@ mod tests {
         assert_eq!(w.observe(7, b), Seen::Conflict);
         assert_eq!(w.observe(7, a), Seen::Duplicate, "the first version is the one remembered");
         assert_eq!(w.len(), 1);
+    }
+
+    #[test]
+    fn an_id_stored_without_its_bytes_takes_any_later_copy_as_a_duplicate() {
+        let mut w = DedupWindow::new(8);
+        assert_eq!(w.observe(9, UNKNOWN_CONTENT), Seen::New);
+        assert_eq!(w.observe(9, fingerprint(b"whatever it was")), Seen::Duplicate);
+        assert_ne!(fingerprint(b""), UNKNOWN_CONTENT);
     }
 }
