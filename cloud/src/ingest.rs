@@ -287,12 +287,9 @@ fn spawn_lag_probe(
 /// Event ids of the newest Parquet files under `root/events` (by modification time), newest
 /// file first, until `capacity` ids are read.
 pub fn recent_event_ids(root: &Path, capacity: usize) -> Result<Vec<u128>, CloudError> {
+    use crate::maintenance::io;
     use datafusion::parquet::arrow::ProjectionMask;
     use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-    let io = |p: &Path| {
-        let path = p.display().to_string();
-        move |e: std::io::Error| CloudError::Io { path: path.clone(), source: e }
-    };
     let mut files = Vec::new();
     let mut dirs = vec![root.join("events")];
     while let Some(dir) = dirs.pop() {

@@ -66,7 +66,8 @@ pub struct Report {
     pub leftovers_removed: u64,
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CloudError + '_ {
+/// Maps an I/O error on `path` to [`CloudError::Io`] naming it.
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CloudError + '_ {
     move |e| CloudError::Io { path: path.display().to_string(), source: e }
 }
 

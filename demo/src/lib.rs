@@ -61,14 +61,14 @@ pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> anyhow::Res
     cloud_config.http_listen = config.cloud_http.clone();
     // API tokens for the demo's callers: the province, and the operator of the first city
     // (who sees only that city's schools). Kept in files only the user can read.
-    let mut token_files = Vec::new();
+    let mut token_files: Vec<(std::path::PathBuf, String)> = Vec::new();
     for (name, role) in [("province", Role::Province), ("city", Role::City(cities[0].clone()))] {
         let token = edubrain_cloud::access::new_token();
         cloud_config.access.add(&format!("demo-{name}"), role, &token);
         let path = dir.join(format!("{name}.token"));
         std::fs::write(&path, &token).with_context(|| format!("writing {}", path.display()))?;
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-        token_files.push(path);
+        token_files.push((path, token));
     }
     let mut edges = Vec::new();
     for city in &cities {
@@ -182,10 +182,9 @@ pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> anyhow::Res
     print_summary(&cloud, &cloud_config, &province).await?;
     println!("\nWhere to look:");
     let api = format!("http://{}", cloud.http_addr);
-    let province_token = std::fs::read_to_string(&token_files[0])?;
-    println!("  {api}/#token={province_token}   # the web dashboard, as the province (open in a browser)");
-    let auth = format!("-H \"Authorization: Bearer $(cat {})\"", token_files[0].display());
-    let city_auth = format!("-H \"Authorization: Bearer $(cat {})\"", token_files[1].display());
+    println!("  {api}/#token={}   # the web dashboard, as the province (open in a browser)", token_files[0].1);
+    let auth = format!("-H \"Authorization: Bearer $(cat {})\"", token_files[0].0.display());
+    let city_auth = format!("-H \"Authorization: Bearer $(cat {})\"", token_files[1].0.display());
     println!("  curl -s {auth} {api}/api/v1/summary");
     println!("  curl -s {auth} '{api}/api/v1/utilisation?by=school&format=csv'");
     println!("  curl -s {auth} '{api}/api/v1/gaps?scope=alliance'");
