@@ -3,10 +3,13 @@
 //! a child process on a free loopback port and killed when dropped.
 //!
 //! - [`free_port`]: a currently free loopback port.
-//! - [`Mosquitto`]: `deploy/mosquitto/edubrain.conf` plus a generated listener.
+//! - [`Mosquitto`]: `deploy/mosquitto/edubrain.conf` plus a generated listener, and
+//!   optionally `deploy/mosquitto/tls.conf`'s TLS listener with client certificates.
+//! - [`Pki`]: a test CA and the certificates it signs (the `openssl` command).
 //! - [`Tansu`]: memory or sqlite storage; `kill9` and `restart` for fault tests.
 //! - [`Prometheus`]: Debian's `prometheus` with `deploy/prometheus/` pointed at the running
 //!   edges and cloud, for the demo and the monitoring test.
+//! - [`test_python`]: the venv with the Python clients tests drive the system with.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -130,6 +133,23 @@ impl Mosquitto {
         Ok(m)
     }
 
+    /// [`Mosquitto::start`] plus the TLS listener of `deploy/mosquitto/tls.conf` (port and
+    /// files moved to `pki`'s): returns the broker and the TLS port.
+    pub fn start_tls(dir: &Path, users: &[(String, String)], pki: &Pki) -> Result<(Self, u16), BrokerError> {
+        let spawn_err = |e| BrokerError::Spawn { what: "mosquitto", source: e };
+        let tls_port = free_port();
+        let (cert, key) = pki.issue("server", "127.0.0.1", true)?;
+        let conf = std::fs::read_to_string(repo_root().join("deploy/mosquitto/tls.conf")).map_err(spawn_err)?;
+        let conf = conf
+            .replace("listener 8883", &format!("listener {tls_port} 127.0.0.1"))
+            .replace("/etc/mosquitto/edubrain/ca.pem", &pki.ca.display().to_string())
+            .replace("/etc/mosquitto/edubrain/server.pem", &cert.display().to_string())
+            .replace("/etc/mosquitto/edubrain/server.key", &key.display().to_string());
+        let mut broker = Self::start_with(dir, users, &conf)?;
+        wait_ready("mosquitto (tls)", tls_port, &dir.join("mosquitto.log"), &mut broker.child.0)?;
+        Ok((broker, tls_port))
+    }
+
     fn spawn(dir: &Path) -> Result<KillOnDrop, BrokerError> {
         let bin = mosquitto_binary()?;
         let spawn_err = |e| BrokerError::Spawn { what: "mosquitto", source: e };
@@ -154,6 +174,105 @@ impl Mosquitto {
     }
 }
 
+/// A hub's certificate authority for tests, made with the `openssl` command (Debian's): a CA,
+/// then server and client certificates it signs (P-256 keys, PKCS#8 PEM, valid two days).
+pub struct Pki {
+    pub dir: PathBuf,
+    /// The CA certificate (PEM).
+    pub ca: PathBuf,
+    ca_key: PathBuf,
+}
+
+impl Pki {
+    /// A new CA in `dir` named `name`.
+    pub fn new(dir: &Path, name: &str) -> Result<Self, BrokerError> {
+        std::fs::create_dir_all(dir).map_err(|e| BrokerError::Spawn { what: "openssl", source: e })?;
+        let (ca, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            &ca_key.display().to_string(),
+            "-out",
+            &ca.display().to_string(),
+        ])?;
+        Ok(Self { dir: dir.to_path_buf(), ca, ca_key })
+    }
+
+    /// A certificate for `common_name` signed by this CA, as (cert, key) files named `file`.
+    /// A server's names the loopback address; a client's common name is its MQTT login.
+    pub fn issue(&self, file: &str, common_name: &str, server: bool) -> Result<(PathBuf, PathBuf), BrokerError> {
+        let (cert, key, csr, ext) = (
+            self.dir.join(format!("{file}.pem")),
+            self.dir.join(format!("{file}.key")),
+            self.dir.join(format!("{file}.csr")),
+            self.dir.join(format!("{file}.ext")),
+        );
+        let extensions = if server {
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
+        } else {
+            "extendedKeyUsage=clientAuth\n"
+        };
+        std::fs::write(&ext, extensions).map_err(|e| BrokerError::Spawn { what: "openssl", source: e })?;
+        // `/` separates name parts in -subj; a terminal's login has them, escaped.
+        let subject = format!("/CN={}", common_name.replace('/', "\\/"));
+        openssl(&[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            &subject,
+            "-keyout",
+            &key.display().to_string(),
+            "-out",
+            &csr.display().to_string(),
+        ])?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr.display().to_string(),
+            "-CA",
+            &self.ca.display().to_string(),
+            "-CAkey",
+            &self.ca_key.display().to_string(),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &ext.display().to_string(),
+            "-out",
+            &cert.display().to_string(),
+        ])?;
+        Ok((cert, key))
+    }
+}
+
+fn openssl(args: &[&str]) -> Result<(), BrokerError> {
+    let out = Command::new("openssl").args(args).output().map_err(|e| BrokerError::Spawn { what: "openssl", source: e })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(BrokerError::Spawn {
+            what: "openssl",
+            source: std::io::Error::other(format!("openssl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr))),
+        })
+    }
+}
+
 /// Tansu's storage engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Storage {
@@ -171,11 +290,26 @@ pub struct Tansu {
     storage: Storage,
 }
 
+/// Where `scripts/ensure-tools` installs what is not a Debian package.
+fn tools_dir() -> PathBuf {
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    std::env::var_os("EDUBRAIN_TOOLS_DIR").map(PathBuf::from).unwrap_or_else(|| home.join(".cache/edubrain/tools"))
+}
+
 /// Where `scripts/ensure-tools` installs Tansu.
 pub fn tansu_binary() -> Result<PathBuf, BrokerError> {
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
-    let cache = std::env::var_os("EDUBRAIN_TOOLS_DIR").map(PathBuf::from).unwrap_or_else(|| home.join(".cache/edubrain/tools"));
-    find_binary("tansu", "EDUBRAIN_TANSU", &[cache.join("tansu-0.6.0/bin/tansu")], "run scripts/ensure-tools")
+    find_binary("tansu", "EDUBRAIN_TANSU", &[tools_dir().join("tansu-0.6.0/bin/tansu")], "run scripts/ensure-tools")
+}
+
+/// The Python with the client libraries tests drive the system with (ADBC's Flight SQL
+/// driver, pyarrow), installed by `scripts/ensure-tools` into its own venv.
+pub fn test_python() -> Result<PathBuf, BrokerError> {
+    find_binary(
+        "python with adbc-driver-flightsql",
+        "EDUBRAIN_TEST_PYTHON",
+        &[tools_dir().join("test-venv/bin/python")],
+        "run scripts/ensure-tools",
+    )
 }
 
 impl Tansu {

@@ -136,7 +136,7 @@ async fn authenticate(State(s): State<AppState>, mut req: Request, next: Next) -
 }
 
 /// Counts, logs and audits a refusal.
-async fn deny(s: &AppState, denial: Denial, principal: Option<&Principal>, client: Option<String>, target: String) {
+pub(crate) async fn deny(s: &AppState, denial: Denial, principal: Option<&Principal>, client: Option<String>, target: String) {
     s.metrics.api_denied.with_label_values(&[denial.as_str()]).inc();
     let name = principal.map_or("-", |p| p.name.as_str());
     tracing::warn!(target: "edubrain_cloud::audit", reason = denial.as_str(), principal = name, target, "API request refused");

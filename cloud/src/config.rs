@@ -35,6 +35,27 @@ pub struct CloudConfig {
     pub maintenance: crate::maintenance::MaintenanceConfig,
     /// Where the audit log goes.
     pub audit: AuditConfig,
+    /// Arrow Flight SQL for BI tools (off unless `listen` is set).
+    pub flight_sql: FlightSqlConfig,
+}
+
+/// `[flight_sql]`: the warehouse over Arrow Flight SQL, with the API's principals and roles.
+/// Its limits are wider than the SQL endpoint's: BI tools extract whole tables.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlightSqlConfig {
+    /// gRPC address (e.g. `0.0.0.0:50051`); port 0 picks a free port; unset: not served.
+    pub listen: Option<String>,
+    /// A result with more rows ends in a `RESOURCE_EXHAUSTED` error naming this limit.
+    pub max_rows: usize,
+    /// A query still running (or still being read) after this long ends in `DEADLINE_EXCEEDED`.
+    pub timeout_ms: u64,
+}
+
+impl Default for FlightSqlConfig {
+    fn default() -> Self {
+        Self { listen: None, max_rows: 1_000_000, timeout_ms: 300_000 }
+    }
 }
 
 /// `[audit]`.
@@ -62,6 +83,7 @@ impl Default for CloudConfig {
             headline: HeadlineConfig::default(),
             maintenance: Default::default(),
             audit: AuditConfig::default(),
+            flight_sql: FlightSqlConfig::default(),
         }
     }
 }
@@ -250,13 +272,19 @@ impl CloudConfig {
 
     /// Reads a TOML file, then applies env overrides.
     pub fn load(path: &Path) -> Result<Self, CloudError> {
+        Self::load_with_env(path, |k| std::env::var(k).ok())
+    }
+
+    /// [`CloudConfig::load`] with the environment `get`.
+    pub fn load_with_env(path: &Path, get: impl Fn(&str) -> Option<String>) -> Result<Self, CloudError> {
         let text = std::fs::read_to_string(path).map_err(|e| CloudError::Config(format!("{}: {e}", path.display())))?;
         let mut c: CloudConfig = toml::from_str(&text).map_err(|e| CloudError::Config(format!("{}: {e}", path.display())))?;
-        c.apply_env(|k| std::env::var(k).ok());
+        c.apply_env(get);
         Ok(c)
     }
 
-    /// Overrides from `EDUBRAIN_CLOUD_KAFKA_BROKERS`, `_WAREHOUSE_DIR`, `_REGISTRY`, `_HTTP_LISTEN`.
+    /// Overrides from `EDUBRAIN_CLOUD_KAFKA_BROKERS`, `_WAREHOUSE_DIR`, `_REGISTRY`,
+    /// `_HTTP_LISTEN`, `_FLIGHT_SQL_LISTEN`.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
         if let Some(v) = get("EDUBRAIN_CLOUD_KAFKA_BROKERS") {
             self.kafka.brokers = v;
@@ -269,6 +297,9 @@ impl CloudConfig {
         }
         if let Some(v) = get("EDUBRAIN_CLOUD_HTTP_LISTEN") {
             self.http_listen = v;
+        }
+        if let Some(v) = get("EDUBRAIN_CLOUD_FLIGHT_SQL_LISTEN") {
+            self.flight_sql.listen = Some(v);
         }
     }
 }

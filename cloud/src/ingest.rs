@@ -45,15 +45,19 @@ struct Quarantined {
     raw: String,
 }
 
-fn consumer(config: &CloudConfig) -> Result<StreamConsumer, CloudError> {
-    ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka.brokers)
+/// The settings of the cloud's consumers: its group, and offsets only ever committed by hand.
+pub(crate) fn consumer_config(config: &CloudConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.kafka.brokers)
         .set("group.id", &config.kafka.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .map_err(|e| CloudError::Kafka(format!("consumer for {}: {e}", config.kafka.brokers)))
+        .set("auto.offset.reset", "earliest");
+    c
+}
+
+fn consumer(config: &CloudConfig) -> Result<StreamConsumer, CloudError> {
+    consumer_config(config).create().map_err(|e| CloudError::Kafka(format!("consumer for {}: {e}", config.kafka.brokers)))
 }
 
 /// Waits until `topic` exists and returns its partition ids; `None` if shut down first.
@@ -143,6 +147,9 @@ pub async fn run(
                 metrics.maintenance_files_merged.inc_by(r.files_merged);
                 metrics.maintenance_partitions_compacted.inc_by(r.partitions_compacted);
                 metrics.maintenance_partitions_expired.inc_by(r.partitions_expired);
+                if r.skipped_for_backfill {
+                    tracing::info!("warehouse maintenance skipped: a backfill is writing");
+                }
                 if r.partitions_compacted + r.partitions_expired > 0 {
                     tracing::info!(
                         compacted = r.partitions_compacted,
@@ -192,9 +199,7 @@ pub async fn run(
                 next_offsets.insert(msg.partition(), msg.offset() + 1);
                 let payload = msg.payload().unwrap_or_default();
                 let received = received_time(&msg).unwrap_or_else(Utc::now);
-                let checked = Event::from_json(payload).and_then(|e| validate(&e, received, &policy).map(|flag| (e, flag)));
-                // The edge judged the clock against its own policy; its verdict wins.
-                let checked = checked.map(|(e, flag)| (e, edge_clock_flag(&msg).unwrap_or(flag)));
+                let checked = check_record(&msg, received, &policy);
                 let checked = checked.and_then(|(event, clock_flag)| match seen.observe(event.header.event_id.as_u128(), fingerprint(payload)) {
                     Seen::New => Ok(Some(StoredEvent { event, received_time: received, clock_flag })),
                     Seen::Duplicate => Ok(None),
@@ -237,6 +242,18 @@ pub async fn run(
     Ok(())
 }
 
+/// Decodes and validates a record of the events topic; the clock flag is the edge's verdict
+/// when the record carries one (it judged the clock against its own policy), else ours.
+pub(crate) fn check_record(
+    msg: &rdkafka::message::BorrowedMessage<'_>,
+    received: DateTime<Utc>,
+    policy: &ValidationPolicy,
+) -> Result<(Event, Option<ClockFlag>), SchemaError> {
+    let event = Event::from_json(msg.payload().unwrap_or_default())?;
+    let flag = validate(&event, received, policy)?;
+    Ok((event, edge_clock_flag(msg).unwrap_or(flag)))
+}
+
 /// The edge's `edubrain.clock_flag` header: `Some(None)` when the header is absent but the
 /// received time is (the edge found the clock plausible), `None` for records without edge headers.
 fn edge_clock_flag(msg: &rdkafka::message::BorrowedMessage<'_>) -> Option<Option<ClockFlag>> {
@@ -245,7 +262,7 @@ fn edge_clock_flag(msg: &rdkafka::message::BorrowedMessage<'_>) -> Option<Option
     Some(headers.iter().find(|h| h.key == "edubrain.clock_flag").and_then(|h| ClockFlag::parse(std::str::from_utf8(h.value?).ok()?)))
 }
 
-fn received_time(msg: &rdkafka::message::BorrowedMessage<'_>) -> Option<DateTime<Utc>> {
+pub(crate) fn received_time(msg: &rdkafka::message::BorrowedMessage<'_>) -> Option<DateTime<Utc>> {
     let headers = msg.headers()?;
     let h = headers.iter().find(|h| h.key == "edubrain.received_ms")?;
     let ms: i64 = std::str::from_utf8(h.value?).ok()?.parse().ok()?;
@@ -284,14 +301,11 @@ fn spawn_lag_probe(
     });
 }
 
-/// Event ids of the newest Parquet files under `root/events` (by modification time), newest
-/// file first, until `capacity` ids are read.
-pub fn recent_event_ids(root: &Path, capacity: usize) -> Result<Vec<u128>, CloudError> {
+/// Parquet files under `dir` (recursively), with their modification times.
+pub(crate) fn parquet_files(dir: &Path) -> Result<Vec<(std::time::SystemTime, PathBuf)>, CloudError> {
     use crate::maintenance::io;
-    use datafusion::parquet::arrow::ProjectionMask;
-    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let mut files = Vec::new();
-    let mut dirs = vec![root.join("events")];
+    let mut dirs = vec![dir.to_path_buf()];
     while let Some(dir) = dirs.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
         for entry in entries {
@@ -305,24 +319,39 @@ pub fn recent_event_ids(root: &Path, capacity: usize) -> Result<Vec<u128>, Cloud
             }
         }
     }
+    Ok(files)
+}
+
+/// The event ids of one Parquet file of the warehouse, read from its `event_id` column alone.
+pub(crate) fn file_event_ids(path: &Path) -> Result<Vec<u128>, CloudError> {
+    use crate::maintenance::io;
+    use datafusion::parquet::arrow::ProjectionMask;
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let err = |message: String| CloudError::Parquet { path: path.display().to_string(), message };
+    let builder = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).map_err(io(path))?).map_err(|e| err(e.to_string()))?;
+    let mask = ProjectionMask::columns(builder.parquet_schema(), ["event_id"]);
+    let mut ids = Vec::new();
+    for batch in builder.with_projection(mask).build().map_err(|e| err(e.to_string()))? {
+        let batch = batch.map_err(|e| err(e.to_string()))?;
+        let column = batch.column(0).as_any().downcast_ref::<StringArray>().ok_or_else(|| err("event_id is not a string column".into()))?;
+        for id in column.iter().flatten() {
+            ids.push(uuid::Uuid::parse_str(id).map_err(|e| err(format!("event_id {id:?}: {e}")))?.as_u128());
+        }
+    }
+    Ok(ids)
+}
+
+/// Event ids of the newest Parquet files under `root/events` (by modification time), newest
+/// file first, until `capacity` ids are read.
+pub fn recent_event_ids(root: &Path, capacity: usize) -> Result<Vec<u128>, CloudError> {
+    let mut files = parquet_files(&root.join("events"))?;
     files.sort_by_key(|f| std::cmp::Reverse(f.0));
     let mut ids = Vec::new();
     for (_, path) in files {
         if ids.len() >= capacity {
             break;
         }
-        let err = |message: String| CloudError::Parquet { path: path.display().to_string(), message };
-        let builder =
-            ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).map_err(io(&path))?).map_err(|e| err(e.to_string()))?;
-        let mask = ProjectionMask::columns(builder.parquet_schema(), ["event_id"]);
-        for batch in builder.with_projection(mask).build().map_err(|e| err(e.to_string()))? {
-            let batch = batch.map_err(|e| err(e.to_string()))?;
-            let column =
-                batch.column(0).as_any().downcast_ref::<StringArray>().ok_or_else(|| err("event_id is not a string column".into()))?;
-            for id in column.iter().flatten() {
-                ids.push(uuid::Uuid::parse_str(id).map_err(|e| err(format!("event_id {id:?}: {e}")))?.as_u128());
-            }
-        }
+        ids.extend(file_event_ids(&path)?);
     }
     ids.truncate(capacity);
     Ok(ids)

@@ -5,11 +5,13 @@
 //! - [`sink`]: atomic, fsynced Parquet files.
 //! - [`ingest`]: Kafka consumer; commits offsets only after Parquet is durable; quarantine.
 //! - [`maintenance`]: small-file compaction and retention, swapped in atomically.
+//! - [`backfill`]: a time range read again from Kafka or exported files, adding what is missing.
 //! - [`registry`]: the school registry from CSV or Parquet; the `schools` table.
 //! - [`warehouse`]: the DataFusion session over `events`, `schools`, `school_dim`.
 //! - [`analytics`]: utilisation, gap analysis, recommendations, zone monitoring.
 //! - [`access`]: bearer-token principals and roles (province, city, alliance).
 //! - [`audit`]: the audit log of API requests, SQL queries and refusals (JSON lines, fsynced).
+//! - [`flight`]: Arrow Flight SQL over the same scoped sessions, for BI tools.
 //! - [`api`]: HTTP API (JSON and CSV, `cloud/openapi.json`), SQL endpoint, `/metrics`, `/healthz`.
 //! - [`headline`]: headline indicators per alliance and zone as Prometheus gauges.
 //! - [`start`] / [`run`]: wire it together.
@@ -18,8 +20,10 @@ pub mod access;
 pub mod analytics;
 pub mod api;
 pub mod audit;
+pub mod backfill;
 pub mod batch;
 pub mod config;
+pub mod flight;
 pub mod headline;
 pub mod ingest;
 pub mod maintenance;
@@ -65,11 +69,14 @@ pub enum CloudError {
 /// A started cloud.
 pub struct RunningCloud {
     pub http_addr: SocketAddr,
+    /// Where Flight SQL listens, when `[flight_sql] listen` is set.
+    pub flight_sql_addr: Option<SocketAddr>,
     pub warehouse: Warehouse,
     pub metrics: CloudMetrics,
     pub progress: watch::Receiver<IngestProgress>,
     ingest: tokio::sync::oneshot::Receiver<Result<(), CloudError>>,
     http: tokio::task::JoinHandle<()>,
+    flight: Option<tokio::task::JoinHandle<()>>,
     audit_writer: std::thread::JoinHandle<()>,
 }
 
@@ -80,6 +87,9 @@ impl RunningCloud {
         let ingest = self.ingest.await.map_err(|_| CloudError::Query("ingest thread panicked".into()))?;
         // The server holds the audit log's senders; once it has stopped, the writer drains.
         let _ = self.http.await;
+        if let Some(flight) = self.flight {
+            let _ = flight.await;
+        }
         let writer = self.audit_writer;
         tokio::task::spawn_blocking(move || writer.join())
             .await
@@ -117,6 +127,21 @@ pub async fn start(config: CloudConfig, shutdown: CancellationToken) -> Result<R
         scoped: Default::default(),
         audit,
     };
+    let (flight_sql_addr, flight) = match &config.flight_sql.listen {
+        None => (None, None),
+        Some(listen) => {
+            let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| CloudError::Io { path: listen.clone(), source: e })?;
+            let addr = listener.local_addr().map_err(|e| CloudError::Io { path: listen.clone(), source: e })?;
+            let (state, limits, shutdown) = (state.clone(), config.flight_sql.clone(), shutdown.clone());
+            let task = tokio::spawn(async move {
+                if let Err(e) = flight::serve(state, limits, listener, shutdown).await {
+                    tracing::error!(error = %e, "cloud Flight SQL server failed");
+                }
+            });
+            tracing::info!(%addr, "Flight SQL listening");
+            (Some(addr), Some(task))
+        }
+    };
     tokio::spawn(headline::run(
         warehouse.clone(),
         config.thresholds.clone(),
@@ -150,7 +175,7 @@ pub async fn start(config: CloudConfig, shutdown: CancellationToken) -> Result<R
             let _ = done_tx.send(result);
         })
         .map_err(|e| CloudError::Io { path: "ingest thread".into(), source: e })?;
-    Ok(RunningCloud { http_addr, warehouse, metrics, progress: rx, ingest: done_rx, http, audit_writer })
+    Ok(RunningCloud { http_addr, flight_sql_addr, flight, warehouse, metrics, progress: rx, ingest: done_rx, http, audit_writer })
 }
 
 /// Runs until `shutdown` is cancelled.

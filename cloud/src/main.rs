@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use edubrain_cloud::CloudConfig;
 use edubrain_cloud::access::{self, Role};
 use edubrain_cloud::analytics::gaps::{GapReport, Scope};
+use edubrain_cloud::backfill;
 
 /// edubrain cloud: warehouse ingest, analytics and API.
 #[derive(Parser)]
@@ -68,6 +69,24 @@ enum Command {
         /// Optional TOML config whose [recommendation] weights are used.
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// Read a time range into the warehouse again, adding only the events it does not hold:
+    /// from Kafka (records timestamped in the range, up to what live ingest has committed) or
+    /// from exported `*.jsonl` files (events timed in the range). Safe beside a serving cloud
+    /// and safe to repeat. Shows a progress bar, and prints the counts at the end.
+    Backfill {
+        /// TOML config of the cloud (its warehouse, Kafka and time zone).
+        #[arg(long)]
+        config: PathBuf,
+        /// Start of the range: RFC 3339 (`2026-11-02T08:00:00+08:00`) or a local date (`2026-11-02`).
+        #[arg(long)]
+        from: String,
+        /// End of the range (excluded), as `--from`.
+        #[arg(long)]
+        to: String,
+        /// Read `*.jsonl` files of this directory instead of Kafka.
+        #[arg(long)]
+        files: Option<PathBuf>,
     },
     /// Print a new random API token and the `[[access.principals]]` entry that grants it.
     Token {
@@ -165,6 +184,28 @@ async fn main() -> anyhow::Result<()> {
             let report = edubrain_cloud::analytics::evaluation::evaluate(&w, cutoff, &weights, k).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
+        Command::Backfill { config, from, to, files } => {
+            let config = CloudConfig::load(&config)?;
+            let zone = chrono::FixedOffset::east_opt(config.thresholds.utc_offset_hours * 3600).context("utc_offset_hours out of range")?;
+            let range = backfill::TimeRange::new(parse_instant(&from, zone)?, parse_instant(&to, zone)?)?;
+            let source = files.map_or(backfill::Source::Kafka, backfill::Source::Files);
+            let shutdown = edubrain_process::shutdown_on_signals();
+            let report = run_backfill(&config, range, &source, shutdown).await?;
+            println!(
+                "backfill {} .. {}: {} {} read of {}; {} events written in {} files; {} already in the warehouse; {} outside the range; {} invalid; {} records of the range left to live ingest",
+                range.from,
+                range.to,
+                report.position,
+                report.unit,
+                report.total,
+                report.events_written,
+                report.files_written,
+                report.already_present,
+                report.outside_range,
+                report.invalid,
+                report.left_to_ingest
+            );
+        }
         Command::Token { name, role, scope } => {
             let role = match (role, scope) {
                 (RoleArg::Province, None) => Role::Province,
@@ -182,4 +223,58 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// An instant from RFC 3339, or the start of a local date in the warehouse's time zone.
+fn parse_instant(text: &str, zone: chrono::FixedOffset) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let date = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .with_context(|| format!("{text:?} is neither RFC 3339 (2026-11-02T08:00:00+08:00) nor a date (2026-11-02)"))?;
+    let local = date.and_hms_opt(0, 0, 0).expect("midnight").and_local_timezone(zone).single().context("no such local time")?;
+    Ok(local.with_timezone(&chrono::Utc))
+}
+
+/// Runs a backfill with a progress bar on stderr (a line every 5 s instead when stderr is not a
+/// terminal, e.g. under systemd or in CI logs).
+async fn run_backfill(
+    config: &CloudConfig,
+    range: backfill::TimeRange,
+    source: &backfill::Source,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<backfill::BackfillProgress> {
+    use std::io::IsTerminal;
+    let bar = indicatif::ProgressBar::new(0);
+    let tty = std::io::stderr().is_terminal();
+    if tty {
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg} ({per_sec}, {eta} left)")
+                .expect("valid template"),
+        );
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut last_line = std::time::Instant::now();
+    let mut report = |p: &backfill::BackfillProgress| {
+        bar.set_length(p.total);
+        bar.set_position(p.position);
+        bar.set_message(format!("{} · {} written, {} present, {} invalid", p.unit, p.events_written, p.already_present, p.invalid));
+        if !tty && last_line.elapsed() >= std::time::Duration::from_secs(5) {
+            last_line = std::time::Instant::now();
+            eprintln!(
+                "backfill: {}/{} {} ({:.0}%), {} written, {} already present, {} invalid",
+                p.position,
+                p.total,
+                p.unit,
+                100.0 * p.position as f64 / p.total.max(1) as f64,
+                p.events_written,
+                p.already_present,
+                p.invalid
+            );
+        }
+    };
+    let result = backfill::run(config, range, source, shutdown, &mut report).await;
+    bar.finish_and_clear();
+    Ok(result?)
 }

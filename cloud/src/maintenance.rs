@@ -13,9 +13,11 @@
 //! are removed later (after [`GRACE`], so queries that listed the old files can finish reading
 //! them). Retention moves a whole `date=` directory into `maintenance/` the same way.
 //!
-//! Ingest is the warehouse's only writer and runs maintenance itself, between flushes and only
-//! when every offset is committed: no file is written during a swap, and no replay after a
-//! crash can rewrite a file that was already merged.
+//! Ingest runs maintenance itself, between flushes and only when every offset is committed: no
+//! file is written during a swap, and no replay after a crash can rewrite a file that was
+//! already merged. The one other writer, a backfill (`crate::backfill`, possibly another
+//! process), holds the [`WriterLock`] while it writes; maintenance skips its run while the lock
+//! is held, so a swap can never carry a backfilled file away.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -64,6 +66,47 @@ pub struct Report {
     pub files_merged: u64,
     pub partitions_expired: u64,
     pub leftovers_removed: u64,
+    /// Nothing was done: a backfill holds the writer lock.
+    pub skipped_for_backfill: bool,
+}
+
+/// An exclusive `flock` on `<root>/writer.lock`: held by a backfill for its whole run and by
+/// maintenance for each run, across processes; released when dropped (or when its process dies).
+pub struct WriterLock {
+    _file: std::fs::File,
+}
+
+impl WriterLock {
+    /// The lock, or `None` when someone else holds it.
+    pub fn try_acquire(root: &Path) -> Result<Option<Self>, CloudError> {
+        std::fs::create_dir_all(root).map_err(io(root))?;
+        let path = root.join("writer.lock");
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io(&path))?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(Some(Self { _file: file })),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+            Err(e) => Err(io(&path)(e.into())),
+        }
+    }
+
+    /// The lock, waiting up to `patience` for a maintenance run (bounded by `max_merge_bytes`)
+    /// or another backfill to release it.
+    pub async fn acquire(root: &Path, patience: Duration) -> Result<Self, CloudError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            if let Some(lock) = Self::try_acquire(root)? {
+                return Ok(lock);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(CloudError::Config(format!(
+                    "{}/writer.lock is still held after {} s: another backfill is writing, or maintenance is stuck",
+                    root.display(),
+                    patience.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// Maps an I/O error on `path` to [`CloudError::Io`] naming it.
@@ -212,6 +255,9 @@ fn expire(root: &Path, today: NaiveDate, days: u32) -> Result<u64, CloudError> {
 /// One maintenance run over the warehouse at `root`: leftovers older than `grace`, retention
 /// relative to `today` (local), then compaction of every partition that needs it.
 pub fn run(root: &Path, cfg: &MaintenanceConfig, today: NaiveDate, grace: Duration) -> Result<Report, CloudError> {
+    let Some(_lock) = WriterLock::try_acquire(root)? else {
+        return Ok(Report { skipped_for_backfill: true, ..Report::default() });
+    };
     let mut report = Report { leftovers_removed: remove_leftovers(root, grace)?, ..Report::default() };
     report.partitions_expired = expire(root, today, cfg.retention_days)?;
     let mut budget = cfg.max_merge_bytes;
@@ -230,6 +276,18 @@ pub fn run(root: &Path, cfg: &MaintenanceConfig, today: NaiveDate, grace: Durati
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_writer_lock_is_exclusive_and_maintenance_skips_while_it_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = WriterLock::try_acquire(dir.path()).unwrap().expect("free");
+        assert!(WriterLock::try_acquire(dir.path()).unwrap().is_none(), "taken twice");
+        let today = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+        let report = run(dir.path(), &MaintenanceConfig::default(), today, GRACE).unwrap();
+        assert!(report.skipped_for_backfill);
+        drop(held);
+        assert!(!run(dir.path(), &MaintenanceConfig::default(), today, GRACE).unwrap().skipped_for_backfill);
+    }
     use crate::Warehouse;
     use crate::batch::StoredEvent;
     use edubrain_schemas::event::{DeviceHeartbeat, DeviceKind, EventBody, Header};

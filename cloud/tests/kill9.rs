@@ -7,6 +7,8 @@
 //! whole offset ranges of a partition (64 and 142 events in one run) never reached the
 //! warehouse after consumers were killed mid-fetch; on sqlite every run kept every event.
 
+mod kafka_events;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -16,13 +18,8 @@ use chrono::{TimeZone, Utc};
 use edubrain_brokers::{KillOnDrop, Storage, Tansu};
 use edubrain_cloud::Warehouse;
 use edubrain_schemas::event::{BandwidthSampled, EventBody};
-use edubrain_schemas::topics::KAFKA_EVENTS_TOPIC;
 use edubrain_schemas::{Event, Header, SCHEMA_VERSION, School};
 use rand::{Rng, SeedableRng};
-use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 
 /// Produced in waves, one before each start of the cloud, so every run has work in hand when
 /// it is killed.
@@ -79,21 +76,10 @@ async fn cloud_kill_9_during_writes_commits_and_compaction_loses_and_duplicates_
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     let tansu = Tansu::start(&dir.path().join("tansu"), Storage::Sqlite).unwrap();
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", tansu.bootstrap()).create().unwrap();
-    admin.create_topics(&[NewTopic::new(KAFKA_EVENTS_TOPIC, 3, TopicReplication::Fixed(1))], &AdminOptions::new()).await.unwrap();
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", tansu.bootstrap()).set("linger.ms", "5").create().unwrap();
+    let producer = kafka_events::events_topic(&tansu.bootstrap(), 3).await;
     let produce = |wave: u128| {
         let producer = producer.clone();
-        async move {
-            let sends = (wave * WAVE..(wave + 1) * WAVE).map(|n| {
-                let (key, payload) = (format!("r{}", n % 13), event(n).to_json());
-                let producer = producer.clone();
-                async move { producer.send(FutureRecord::to(KAFKA_EVENTS_TOPIC).key(&key).payload(&payload), Duration::from_secs(30)).await }
-            });
-            for r in futures::future::join_all(sends).await {
-                r.unwrap();
-            }
-        }
+        async move { kafka_events::produce(&producer, (wave * WAVE..(wave + 1) * WAVE).map(event)).await }
     };
     let expected: BTreeSet<String> = (0..EVENTS).map(|n| event(n).header.event_id.to_string()).collect();
 

@@ -59,6 +59,8 @@ pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> anyhow::Res
 
     let mut cloud_config = CloudConfig::on_loopback(dir.join("warehouse"), Some(registry_path.clone()), &tansu.bootstrap());
     cloud_config.http_listen = config.cloud_http.clone();
+    // BI tools connect over Arrow Flight SQL; a free port, printed below.
+    cloud_config.flight_sql.listen = Some("127.0.0.1:0".into());
     // API tokens for the demo's callers: the province, and the operator of the first city
     // (who sees only that city's schools). Kept in files only the user can read.
     let mut token_files: Vec<(std::path::PathBuf, String)> = Vec::new();
@@ -197,6 +199,9 @@ pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> anyhow::Res
         "  curl -s {city_auth} {api}/api/v1/sql -d '{{\"sql\": \"SELECT school, COUNT(*) AS events FROM events GROUP BY school\"}}' -H 'content-type: application/json'   # a city operator: its own schools only"
     );
     println!("  curl -s {api}/api/v1/openapi.json   # the API description");
+    if let Some(flight) = cloud.flight_sql_addr {
+        println!("  grpc://{flight}   # Arrow Flight SQL for BI tools (ADBC/JDBC), header authorization: Bearer <the province token>");
+    }
     println!(
         "  curl -s {api}/metrics        # cloud metrics; edges: {}",
         edges.iter().map(|e| format!("http://{}/metrics", e.http_addr)).collect::<Vec<_>>().join(" ")

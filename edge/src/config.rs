@@ -51,6 +51,9 @@ pub struct MqttConfig {
     /// broker's `message_size_limit` (deploy/mosquitto) refuses larger ones before they get here.
     pub max_packet_bytes: usize,
     pub keepalive_secs: u64,
+    /// TLS to the broker's TLS listener with the edge's client certificate (common name
+    /// `edge-{city}`); see `edubrain_process::mqtt_tls`.
+    pub tls: Option<edubrain_process::mqtt_tls::MqttTls>,
 }
 
 impl Default for MqttConfig {
@@ -63,6 +66,7 @@ impl Default for MqttConfig {
             password: None,
             max_packet_bytes: 256 * 1024,
             keepalive_secs: 15,
+            tls: None,
         }
     }
 }
@@ -213,9 +217,15 @@ impl EdgeConfig {
 
     /// Reads a TOML file, then applies env overrides.
     pub fn load(path: &Path) -> Result<Self, EdgeError> {
+        Self::load_with_env(path, |k| std::env::var(k).ok())
+    }
+
+    /// [`EdgeConfig::load`] with the environment `get` (deploy files' tests use the environment
+    /// their compose service, pod or unit sets).
+    pub fn load_with_env(path: &Path, get: impl Fn(&str) -> Option<String>) -> Result<Self, EdgeError> {
         let text = std::fs::read_to_string(path).map_err(|e| EdgeError::Config(format!("{}: {e}", path.display())))?;
         let mut config: EdgeConfig = toml::from_str(&text).map_err(|e| EdgeError::Config(format!("{}: {e}", path.display())))?;
-        config.apply_env(|k| std::env::var(k).ok())?;
+        config.apply_env(get)?;
         config.check()?;
         Ok(config)
     }
@@ -253,6 +263,9 @@ impl EdgeConfig {
 
     pub fn check(&self) -> Result<(), EdgeError> {
         edubrain_schemas::validate::check_id("city", &self.city).map_err(|e| EdgeError::Config(e.to_string()))?;
+        if let Some(tls) = &self.mqtt.tls {
+            tls.client_config().map_err(|e| EdgeError::Config(e.to_string()))?;
+        }
         for key in ["acks", "enable.idempotence", "bootstrap.servers"] {
             if self.kafka.producer.contains_key(key) {
                 return Err(EdgeError::Config(format!("kafka.producer.{key} is set by the edge itself and cannot be overridden")));

@@ -234,6 +234,9 @@ impl Pump {
         if let (Some(u), Some(p)) = (&self.config.mqtt.username, &self.config.mqtt.password) {
             opts.set_credentials(u.clone(), p.clone());
         }
+        if let Some(tls) = &self.config.mqtt.tls {
+            opts.set_transport(tls.transport().map_err(|e| EdgeError::Config(e.to_string()))?);
+        }
         let (client, eventloop) = AsyncClient::new(opts, 8192);
         // Unbounded on purpose: the broker's in-flight window for this client bounds it, and a
         // bounded channel here could block the event loop that must keep sending our acks.

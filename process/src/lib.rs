@@ -4,6 +4,9 @@
 //! - [`init_logging`]: `tracing` to stderr, filtered by `RUST_LOG` (default given per binary).
 //! - [`shutdown_on_signals`]: a token cancelled on SIGINT (Ctrl-C) or SIGTERM (systemd,
 //!   Kubernetes), so components drain in-flight work instead of dying mid-write.
+//! - [`mqtt_tls`]: MQTT over TLS with client certificates (the edge and the terminal agent).
+
+pub mod mqtt_tls;
 
 use tokio_util::sync::CancellationToken;
 

@@ -30,11 +30,15 @@ pub struct MqttTarget {
     /// This device's own password (a real terminal's, read from a file); wins over the secret.
     #[serde(skip)]
     pub password: Option<String>,
+    /// TLS to the broker's TLS listener, with this device's client certificate (whose common
+    /// name is its login); see `edubrain_process::mqtt_tls`.
+    #[serde(default)]
+    pub tls: Option<edubrain_process::mqtt_tls::MqttTls>,
 }
 
 impl MqttTarget {
     pub fn new(host: &str, port: u16) -> Self {
-        Self { host: host.into(), port, provisioning_secret: None, password: None }
+        Self { host: host.into(), port, provisioning_secret: None, password: None, tls: None }
     }
 
     pub fn with_secret(mut self, secret: &str) -> Self {
@@ -44,21 +48,25 @@ impl MqttTarget {
 
     /// MQTT options of a terminal: its identity as username and client id, QoS 1 window,
     /// packets up to the broker's 64 KiB limit.
-    fn terminal_options(&self, topic: &TerminalTopic) -> MqttOptions {
-        let mut opts = self.options(&terminal_username(topic));
+    fn terminal_options(&self, topic: &TerminalTopic) -> Result<MqttOptions, AgentError> {
+        let mut opts = self.options(&terminal_username(topic))?;
         opts.set_keep_alive(Duration::from_secs(20)).set_clean_session(true).set_inflight(64).set_max_packet_size(64 * 1024, 64 * 1024);
-        opts
+        Ok(opts)
     }
 
-    /// MQTT options for a client logging in as `username` (also its client id).
-    fn options(&self, username: &str) -> MqttOptions {
+    /// MQTT options for a client logging in as `username` (also its client id); over TLS when
+    /// configured (a certificate or file that cannot be used is an error naming it).
+    fn options(&self, username: &str) -> Result<MqttOptions, AgentError> {
         let mut opts = MqttOptions::new(username, self.host.clone(), self.port);
         if let Some(password) = &self.password {
             opts.set_credentials(username, password.clone());
         } else if let Some(secret) = &self.provisioning_secret {
             opts.set_credentials(username, derived_password(secret.as_bytes(), username));
         }
-        opts
+        if let Some(tls) = &self.tls {
+            opts.set_transport(tls.transport().map_err(|e| AgentError::Mqtt(e.to_string()))?);
+        }
+        Ok(opts)
     }
 }
 
@@ -116,7 +124,7 @@ pub async fn publish_terminal(
     progress: Arc<PublishProgress>,
     shutdown: CancellationToken,
 ) -> Result<u64, AgentError> {
-    let opts = target.terminal_options(topic);
+    let opts = target.terminal_options(topic)?;
     let (client, mut eventloop) = AsyncClient::new(opts, 64);
     let topic_name = topic.events_topic();
     let total = events.len() as u64;
@@ -176,7 +184,7 @@ pub async fn publish_terminal(
 /// Publishes arbitrary payloads on one topic as `username` (QoS 1) and waits for their
 /// PUBACKs. For tests of bad input and of the broker's ACL.
 pub async fn publish_raw(target: &MqttTarget, username: &str, topic: &str, payloads: Vec<Vec<u8>>) -> Result<(), AgentError> {
-    let mut opts = target.options(username);
+    let mut opts = target.options(username)?;
     opts.set_keep_alive(Duration::from_secs(20)).set_max_packet_size(1024 * 1024, 1024 * 1024);
     let (client, mut eventloop) = AsyncClient::new(opts, 64);
     let total = payloads.len();
@@ -302,7 +310,7 @@ pub async fn send_outbox(
     progress: Arc<PublishProgress>,
     shutdown: CancellationToken,
 ) -> Result<u64, AgentError> {
-    let opts = target.terminal_options(topic);
+    let opts = target.terminal_options(topic)?;
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
     let events_topic = topic.events_topic();
     let acks_topic = topic.acks_topic();

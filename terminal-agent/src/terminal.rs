@@ -65,12 +65,17 @@ fn default_listen() -> String {
 
 impl TerminalConfig {
     /// Reads the TOML file, then `EDUBRAIN_AGENT_MQTT_HOST`, `_MQTT_PORT`, `_MQTT_PASSWORD_FILE`,
-    /// `_LISTEN` and `_STATE_DIR` overrides.
+    /// `_ALLIANCE_KEY_FILE`, `_LISTEN` and `_STATE_DIR` overrides.
     pub fn load(path: &Path) -> Result<Self, AgentError> {
+        Self::load_with_env(path, |k| std::env::var(k).ok())
+    }
+
+    /// [`TerminalConfig::load`] with the environment `get`.
+    pub fn load_with_env(path: &Path, get: impl Fn(&str) -> Option<String>) -> Result<Self, AgentError> {
         let text = std::fs::read_to_string(path).map_err(|e| AgentError::Io { path: path.display().to_string(), source: e })?;
         let mut c: TerminalConfig =
             toml_from_str(&text).map_err(|message| AgentError::Config { path: path.display().to_string(), message })?;
-        c.apply_env(|k| std::env::var(k).ok())?;
+        c.apply_env(get)?;
         Ok(c)
     }
 
@@ -85,6 +90,9 @@ impl TerminalConfig {
         }
         if let Some(v) = get("EDUBRAIN_AGENT_MQTT_PASSWORD_FILE") {
             self.mqtt_password_file = Some(v.into());
+        }
+        if let Some(v) = get("EDUBRAIN_AGENT_ALLIANCE_KEY_FILE") {
+            self.alliance_key_file = v.into();
         }
         if let Some(v) = get("EDUBRAIN_AGENT_LISTEN") {
             self.listen = v;

@@ -1,6 +1,6 @@
-//! The API fixture shared by the cloud's HTTP tests: a real HTTP server over a Parquet warehouse
-//! of simulated events (two cities, four alliances, twelve schools, three school days), with a
-//! token per role.
+//! The API fixture shared by the cloud's HTTP and Flight SQL tests: a real HTTP server and a
+//! real Flight SQL server over a Parquet warehouse of simulated events (two cities, four
+//! alliances, twelve schools, three school days), with a token per role.
 
 #![allow(dead_code)] // each test file uses its own part of it
 
@@ -14,7 +14,7 @@ use edubrain_cloud::access::{AccessConfig, AccessControl, Role};
 use edubrain_cloud::api::{AppState, router};
 use edubrain_cloud::audit::AuditLog;
 use edubrain_cloud::batch::StoredEvent;
-use edubrain_cloud::config::{QueryLimits, RecommendationWeights, Thresholds, ZoneTargets};
+use edubrain_cloud::config::{FlightSqlConfig, QueryLimits, RecommendationWeights, Thresholds, ZoneTargets};
 use edubrain_cloud::{CloudMetrics, Warehouse};
 use edubrain_schemas::School;
 use serde_json::{Value, json};
@@ -22,6 +22,8 @@ use serde_json::{Value, json};
 pub struct Fixture {
     pub rt: tokio::runtime::Runtime,
     pub base: String,
+    /// The Flight SQL server, as `grpc://127.0.0.1:port`.
+    pub flight: String,
     pub schools: Vec<School>,
     /// Events per school id, as written to the warehouse.
     pub events_per_school: BTreeMap<String, u64>,
@@ -126,7 +128,7 @@ pub fn fixture() -> &'static Fixture {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let metrics = CloudMetrics::new();
         let warehouse = rt.block_on(Warehouse::open(&root, schools.clone(), 1 << 30)).unwrap();
-        let base = rt.block_on(async {
+        let (base, flight) = rt.block_on(async {
             let warehouse = warehouse.clone();
             let (_tx, progress) = tokio::sync::watch::channel(Default::default());
             std::mem::forget(_tx);
@@ -143,12 +145,18 @@ pub fn fixture() -> &'static Fixture {
                 // The writer thread lives as long as the server, i.e. the test process.
                 audit: AuditLog::start(&dir.path().join("audit"), metrics.clone()).unwrap().0,
             };
+            let flight_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let flight = format!("grpc://{}", flight_listener.local_addr().unwrap());
+            // Small limits, so the test can reach them.
+            let flight_limits = FlightSqlConfig { listen: None, max_rows: 5_000, timeout_ms: 5_000 };
+            let never = tokio_util::sync::CancellationToken::new();
+            tokio::spawn(edubrain_cloud::flight::serve(state.clone(), flight_limits, flight_listener, never));
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
             tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-            format!("http://{addr}")
+            (format!("http://{addr}"), flight)
         });
-        Fixture { rt, base, schools, events_per_school, principals, metrics, warehouse, dir }
+        Fixture { rt, base, flight, schools, events_per_school, principals, metrics, warehouse, dir }
     })
 }
