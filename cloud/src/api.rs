@@ -22,6 +22,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::NaiveDate;
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
 use futures::StreamExt;
@@ -502,6 +503,27 @@ fn query_error(e: DataFusionError) -> ApiError {
     }
 }
 
+/// Plans and runs read-only `sql`, keeping at most `max_rows`: (columns, batches, rows, truncated).
+async fn collect_rows(w: &Warehouse, sql: &str, max_rows: usize) -> Result<(Vec<String>, Vec<RecordBatch>, usize, bool), DataFusionError> {
+    let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+    let df = w.context().sql_with_options(sql, options).await?;
+    let columns: Vec<String> = df.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let mut stream = df.execute_stream().await?;
+    let (mut batches, mut rows, mut truncated) = (Vec::new(), 0usize, false);
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        if rows + batch.num_rows() > max_rows {
+            batches.push(batch.slice(0, max_rows - rows));
+            rows = max_rows;
+            truncated = true;
+            break;
+        }
+        rows += batch.num_rows();
+        batches.push(batch);
+    }
+    Ok((columns, batches, rows, truncated))
+}
+
 /// Runs one read-only query on `w` with the limits; the answer lists the columns, the rows
 /// (at most `max_rows`) and whether more were cut.
 pub async fn run_sql(w: &Warehouse, sql: &str, timeout_ms: u64, max_rows: usize) -> Result<Value, ApiError> {
@@ -510,23 +532,19 @@ pub async fn run_sql(w: &Warehouse, sql: &str, timeout_ms: u64, max_rows: usize)
     // Its own task, so the time limit fires even while the query keeps a worker busy, and the
     // query is aborted (at its next yield) when it does.
     let work = async move {
-        let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
-        let df = w.context().sql_with_options(&sql, options).await.map_err(query_error)?;
-        let columns: Vec<String> = df.schema().fields().iter().map(|f| f.name().clone()).collect();
-        let mut stream = df.execute_stream().await.map_err(query_error)?;
-        let (mut batches, mut rows, mut truncated) = (Vec::new(), 0usize, false);
-        while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(query_error)?;
-            if rows + batch.num_rows() > max_rows {
-                batches.push(batch.slice(0, max_rows - rows));
-                rows = max_rows;
-                truncated = true;
-                break;
+        // A query that listed a partition just before compaction swapped it finds a listed file
+        // gone; the answer is only sent once complete, so it is simply run again (as
+        // `Warehouse::query` does), from a fresh listing.
+        let mut attempt = 0;
+        loop {
+            match collect_rows(&w, &sql, max_rows).await {
+                Err(e) if attempt < 3 && crate::warehouse::listed_file_vanished(&e) => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, attempt, "a listed file was swapped out by compaction; querying again");
+                }
+                other => break other.map_err(query_error),
             }
-            rows += batch.num_rows();
-            batches.push(batch);
         }
-        Ok::<_, ApiError>((columns, batches, rows, truncated))
     };
     let mut task = tokio::spawn(work);
     let (columns, batches, rows, truncated) = match tokio::time::timeout(Duration::from_millis(timeout_ms), &mut task).await {

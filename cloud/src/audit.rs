@@ -100,12 +100,24 @@ impl AuditLog {
     /// Starts the writer thread on `dir` (created if missing). It ends once every [`AuditLog`]
     /// clone is dropped and the queue is written.
     pub fn start(dir: &Path, metrics: CloudMetrics) -> Result<(Self, std::thread::JoinHandle<()>), CloudError> {
+        Self::start_retaining(dir, 0, metrics)
+    }
+
+    /// [`AuditLog::start`], deleting day files older than `retention_days` (0: keep every day)
+    /// at start and whenever a new day's file is opened.
+    pub fn start_retaining(
+        dir: &Path,
+        retention_days: u32,
+        metrics: CloudMetrics,
+    ) -> Result<(Self, std::thread::JoinHandle<()>), CloudError> {
         std::fs::create_dir_all(dir).map_err(|e| CloudError::Io { path: dir.display().to_string(), source: e })?;
+        expire(dir, chrono::Utc::now().date_naive(), retention_days)
+            .map_err(|e| CloudError::Io { path: dir.display().to_string(), source: e })?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let dir = dir.to_path_buf();
         let writer = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || write_loop(dir, rx, metrics))
+            .spawn(move || write_loop(dir, retention_days, rx, metrics))
             .map_err(|e| CloudError::Io { path: "audit writer thread".into(), source: e })?;
         Ok((Self { tx }, writer))
     }
@@ -133,12 +145,41 @@ pub fn read_day(dir: &Path, day: NaiveDate) -> Result<Vec<AuditRecord>, CloudErr
         .collect()
 }
 
-fn write_loop(dir: PathBuf, mut rx: mpsc::Receiver<AuditRecord>, metrics: CloudMetrics) {
+/// Deletes the day files of days before `today - retention_days` (none when it is 0); returns
+/// how many. Only `audit-YYYY-MM-DD.jsonl` names are touched.
+pub fn expire(dir: &Path, today: NaiveDate, retention_days: u32) -> std::io::Result<u64> {
+    if retention_days == 0 {
+        return Ok(0);
+    }
+    let oldest_kept = today - chrono::Days::new(u64::from(retention_days));
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let day = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("audit-")?.strip_suffix(".jsonl"))
+            .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok());
+        if day.is_some_and(|d| d < oldest_kept) {
+            std::fs::remove_file(&path)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+fn write_loop(dir: PathBuf, retention_days: u32, mut rx: mpsc::Receiver<AuditRecord>, metrics: CloudMetrics) {
     let mut open: Option<(NaiveDate, std::fs::File)> = None;
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while let Ok(r) = rx.try_recv() {
             batch.push(r);
+        }
+        let newest = batch.last().map(|r| r.time.date_naive());
+        if newest.is_some_and(|d| open.as_ref().is_some_and(|(o, _)| *o != d))
+            && let Err(e) = expire(&dir, newest.expect("checked"), retention_days)
+        {
+            tracing::warn!(error = %e, dir = %dir.display(), "old audit files not deleted");
         }
         if let Err(e) = write_batch(&dir, &mut open, &batch) {
             metrics.audit_write_errors.inc();
@@ -176,6 +217,20 @@ fn write_batch(dir: &Path, open: &mut Option<(NaiveDate, std::fs::File)>, batch:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn days_older_than_the_retention_are_deleted_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["audit-2026-10-27.jsonl", "audit-2026-10-28.jsonl", "audit-2026-11-27.jsonl", "notes.txt", "audit-latest.jsonl"] {
+            std::fs::write(dir.path().join(name), "{}\n").unwrap();
+        }
+        let today = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+        assert_eq!(expire(dir.path(), today, 0).unwrap(), 0, "0 keeps every day");
+        assert_eq!(expire(dir.path(), today, 30).unwrap(), 1);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        assert_eq!(left, ["audit-2026-10-28.jsonl", "audit-2026-11-27.jsonl", "audit-latest.jsonl", "notes.txt"]);
+    }
 
     #[tokio::test]
     async fn records_are_written_one_per_line_and_read_back() {

@@ -64,6 +64,8 @@ impl Default for FlightSqlConfig {
 pub struct AuditConfig {
     /// Directory of the daily `audit-YYYY-MM-DD.jsonl` files (default: `<warehouse_dir>/audit`).
     pub dir: Option<PathBuf>,
+    /// Day files older than this many days are deleted (0: keep every day).
+    pub retention_days: u32,
 }
 
 impl Default for CloudConfig {

@@ -110,7 +110,7 @@ pub async fn start(config: CloudConfig, shutdown: CancellationToken) -> Result<R
     let metrics = CloudMetrics::new();
     let (tx, rx) = watch::channel(IngestProgress::default());
     let audit_dir = config.audit.dir.clone().unwrap_or_else(|| config.warehouse_dir.join("audit"));
-    let (audit, audit_writer) = audit::AuditLog::start(&audit_dir, metrics.clone())?;
+    let (audit, audit_writer) = audit::AuditLog::start_retaining(&audit_dir, config.audit.retention_days, metrics.clone())?;
     let listener = tokio::net::TcpListener::bind(&config.http_listen)
         .await
         .map_err(|e| CloudError::Io { path: config.http_listen.clone(), source: e })?;

@@ -247,7 +247,7 @@ impl Warehouse {
 }
 
 /// Whether a query failed because a file it had listed no longer exists at its path.
-fn listed_file_vanished(e: &datafusion::error::DataFusionError) -> bool {
+pub(crate) fn listed_file_vanished(e: &datafusion::error::DataFusionError) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
         if err.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) {
