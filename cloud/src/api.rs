@@ -360,7 +360,8 @@ async fn utilisation_endpoint(State(s): State<AppState>, Extension(p): Extension
     timed(&s, "utilisation", q.format(), "", async {
         let by = match q.by.as_deref() {
             None => GroupBy::Alliance,
-            Some(b) => GroupBy::parse(b).ok_or_else(|| bad(format!("by={b:?} is not one of school, alliance, zone, county, city")))?,
+            Some(b) => GroupBy::parse(b)
+                .ok_or_else(|| bad(format!("by={b:?} is not one of device, classroom, school, alliance, zone, county, city")))?,
         };
         let w = s.warehouse_for(&p.role).await?;
         to_value(utilisation(&w, by, q.range()?, &s.thresholds).await?)

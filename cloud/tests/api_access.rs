@@ -29,6 +29,10 @@ fn assert_only_visible(endpoint: &str, answer: &Value, v: &Visible) {
             let list = if endpoint == "summary" { rows("/utilisation_by_alliance") } else { answer.as_array().cloned().unwrap() };
             for r in list {
                 let (by, group) = (r["group_by"].as_str().unwrap(), r["group"].as_str().unwrap());
+                if by == "device" || by == "classroom" {
+                    check(&v.schools, "school of a device or classroom", r["school"].as_str().unwrap());
+                    continue;
+                }
                 let set = match by {
                     "school" => &v.schools,
                     "alliance" => &v.alliances,
@@ -131,13 +135,13 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 96, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn no_role_ever_sees_a_foreign_row(role in any_role(), endpoint in 0usize..7, by in 0usize..5, sql in 0usize..SQL.len(), pick in any::<prop::sample::Index>()) {
+    fn no_role_ever_sees_a_foreign_row(role in any_role(), endpoint in 0usize..7, by in 0usize..7, sql in 0usize..SQL.len(), pick in any::<prop::sample::Index>()) {
         let f = fixture();
         let (token, v) = (f.token(&role), f.visible(&role));
-        let groups = ["school", "alliance", "zone", "county", "city"];
+        let groups = ["school", "alliance", "zone", "county", "city", "classroom", "device"];
         let (name, status, answer) = match endpoint {
             0 => { let (s, a, _) = f.get(Some(token), &format!("/api/v1/utilisation?by={}", groups[by])); ("utilisation", s, a) }
-            1 => { let (s, a, _) = f.get(Some(token), &format!("/api/v1/gaps?scope={}", ["province", "city", "county", "alliance", "zone"][by])); ("gaps", s, a) }
+            1 => { let (s, a, _) = f.get(Some(token), &format!("/api/v1/gaps?scope={}", ["province", "city", "county", "alliance", "zone"][by % 5])); ("gaps", s, a) }
             2 => { let (s, a, _) = f.get(Some(token), "/api/v1/zones"); ("zones", s, a) }
             3 => { let (s, a, _) = f.get(Some(token), "/api/v1/summary"); ("summary", s, a) }
             4 => {
@@ -518,4 +522,36 @@ fn headline_gauges_match_the_api() {
     assert_eq!(gauge("headline_target_ratio", "bound=\"max\",indicator=\"idle\""), Some(t.idle_rate_target));
     assert!(gauge("headline_refresh_timestamp_seconds", "").is_none()); // unlabelled: no braces
     assert!(text.lines().any(|l| l.starts_with("edubrain_cloud_headline_refresh_timestamp_seconds ") && !l.ends_with(" 0")));
+}
+
+/// Utilisation per classroom and per device adds up to its school's: in-use hours summed over a
+/// school's classrooms (and over its devices) and timetable hours over its classrooms are the
+/// school row's, and each row's utilisation is its own in-use / timetable hours.
+#[test]
+fn classroom_and_device_utilisation_add_up_to_their_schools() {
+    let f = fixture();
+    let token = f.token(&Role::Province);
+    let get = |by: &str| {
+        let (status, rows, _) = f.get(Some(token), &format!("/api/v1/utilisation?by={by}"));
+        assert_eq!(status, 200, "{rows}");
+        rows.as_array().unwrap().clone()
+    };
+    let (schools, classrooms, devices) = (get("school"), get("classroom"), get("device"));
+    assert!(classrooms.len() > schools.len() && !devices.is_empty(), "{} classrooms, {} devices", classrooms.len(), devices.len());
+    let num = |r: &Value, k: &str| r[k].as_f64().unwrap();
+    for school in &schools {
+        let id = school["group"].as_str().unwrap();
+        let of = |rows: &[Value]| rows.iter().filter(|r| r["school"] == id).cloned().collect::<Vec<_>>();
+        let (rooms, devs) = (of(&classrooms), of(&devices));
+        let sum = |rows: &[Value], k: &str| rows.iter().map(|r| num(r, k)).sum::<f64>();
+        assert!((sum(&rooms, "in_use_hours") - num(school, "in_use_hours")).abs() < 1e-6, "{id}: classrooms' in-use hours");
+        assert!((sum(&rooms, "timetable_hours") - num(school, "timetable_hours")).abs() < 1e-6, "{id}: classrooms' timetable hours");
+        assert!((sum(&devs, "in_use_hours") - num(school, "in_use_hours")).abs() < 1e-6, "{id}: devices' in-use hours");
+        assert_eq!(rooms.len() as u64, school["classrooms"].as_u64().unwrap(), "{id}: one row per classroom");
+    }
+    for r in classrooms.iter().chain(&devices) {
+        let expected = num(r, "in_use_hours") / num(r, "timetable_hours");
+        assert!((r["utilisation"]["value"].as_f64().unwrap() - expected).abs() < 1e-9, "{r}");
+        assert!(r["booking_no_show_rate"]["value"].is_null(), "a school's rate on a {} row", r["group_by"]);
+    }
 }

@@ -27,6 +27,10 @@ use crate::warehouse::Warehouse;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GroupBy {
+    /// One row per device (the equipment of a room, by `device_id`): utilisation and idle rate.
+    Device,
+    /// One row per classroom: utilisation and idle rate.
+    Classroom,
     School,
     Alliance,
     Zone,
@@ -35,7 +39,8 @@ pub enum GroupBy {
 }
 
 impl GroupBy {
-    pub const ALL: [GroupBy; 5] = [GroupBy::School, GroupBy::Alliance, GroupBy::Zone, GroupBy::County, GroupBy::City];
+    pub const ALL: [GroupBy; 7] =
+        [GroupBy::Device, GroupBy::Classroom, GroupBy::School, GroupBy::Alliance, GroupBy::Zone, GroupBy::County, GroupBy::City];
 
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|g| g.name() == s)
@@ -43,6 +48,8 @@ impl GroupBy {
 
     pub fn name(self) -> &'static str {
         match self {
+            GroupBy::Device => "device",
+            GroupBy::Classroom => "classroom",
             GroupBy::School => "school",
             GroupBy::Alliance => "alliance",
             GroupBy::Zone => "zone",
@@ -51,10 +58,16 @@ impl GroupBy {
         }
     }
 
+    /// Below the school: rates that belong to a school (bookings, streams, sharing, uploads)
+    /// are not split further.
+    fn below_school(self) -> bool {
+        matches!(self, GroupBy::Device | GroupBy::Classroom)
+    }
+
     /// Column of `school_dim` (a fixed identifier, never user text).
     fn column(self) -> &'static str {
         match self {
-            GroupBy::School => "school_id",
+            GroupBy::Device | GroupBy::Classroom | GroupBy::School => "school_id",
             GroupBy::Alliance => "alliance",
             GroupBy::Zone => "zone",
             GroupBy::County => "county",
@@ -84,6 +97,9 @@ impl Rate {
 pub struct UtilisationRow {
     pub group_by: GroupBy,
     pub group: String,
+    /// The school of a classroom or device (absent for groups of schools).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub school: Option<String>,
     pub classrooms: u64,
     pub in_use_hours: f64,
     pub timetable_hours: f64,
@@ -98,13 +114,57 @@ pub struct UtilisationRow {
 type Metric = BTreeMap<String, Vec<Option<f64>>>;
 
 async fn metric(w: &Warehouse, sql: &str, cols: usize) -> Result<Metric, CloudError> {
-    let mut out = Metric::new();
+    Ok(metric_with_school(w, sql, cols).await?.into_iter().map(|(g, (_, v))| (g, v)).collect())
+}
+
+/// Rows of `group_id`, optional `school_id` and `v0..`.
+async fn metric_with_school(
+    w: &Warehouse,
+    sql: &str,
+    cols: usize,
+) -> Result<BTreeMap<String, (Option<String>, Vec<Option<f64>>)>, CloudError> {
+    let mut out = BTreeMap::new();
     for row in w.query_json(sql).await? {
         let group = row.get("group_id").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        let school = row.get("school_id").and_then(|v| v.as_str()).map(str::to_string);
         let vals = (0..cols).map(|i| row.get(&format!("v{i}")).and_then(|v| v.as_f64())).collect();
-        out.insert(group, vals);
+        out.insert(group, (school, vals));
     }
     Ok(out)
+}
+
+/// Utilisation and idle rate per classroom or per device: a device's timetable is its room's
+/// (the days the room's terminal was on), its use its own sessions.
+async fn usage_below_school(
+    w: &Warehouse,
+    by: GroupBy,
+    r: &str,
+    hours: f64,
+    periods: f64,
+) -> Result<BTreeMap<String, (Option<String>, Vec<Option<f64>>)>, CloudError> {
+    // A device is known from its sessions, so only devices used at least once have a row.
+    let unit_key = if by == GroupBy::Device { "u.device_id" } else { "d.classroom" };
+    let used_key = if by == GroupBy::Device { ", device_id" } else { "" };
+    let device_filter = if by == GroupBy::Device { " AND device_id IS NOT NULL" } else { "" };
+    let join = if by == GroupBy::Device { "JOIN" } else { "LEFT JOIN" };
+    metric_with_school(
+        w,
+        &format!(
+            "WITH days AS (SELECT school, classroom, registry_from, COUNT(DISTINCT date) AS school_days FROM events \
+                           WHERE event_type = 'device_heartbeat'{r} GROUP BY school, classroom, registry_from), \
+                  used AS (SELECT school, classroom, registry_from{used_key}, SUM(duration_s) AS in_use_s, COUNT(*) AS sessions FROM events \
+                           WHERE event_type = 'equipment_session_ended'{device_filter}{r} GROUP BY school, classroom, registry_from{used_key}) \
+             SELECT {unit_key} AS group_id, MIN(d.school) AS school_id, CAST(COUNT(DISTINCT d.classroom) AS DOUBLE) AS v0, \
+                    SUM(COALESCE(u.in_use_s, 0)) / 3600.0 AS v1, \
+                    CAST(SUM(d.school_days) AS DOUBLE) * {hours} AS v2, \
+                    1.0 - SUM(LEAST(CAST(COALESCE(u.sessions, 0) AS DOUBLE), d.school_days * {periods})) / (SUM(d.school_days) * {periods}) AS v3 \
+             FROM days d {join} used u ON d.school = u.school AND d.classroom = u.classroom AND d.registry_from = u.registry_from \
+             JOIN school_dim s ON d.school = s.school_id AND d.registry_from = s.registry_from \
+             GROUP BY {unit_key}"
+        ),
+        4,
+    )
+    .await
 }
 
 /// Utilisation report for every group of `by`, over `range`.
@@ -113,6 +173,30 @@ pub async fn utilisation(w: &Warehouse, by: GroupBy, range: DateRange, t: &Thres
     let r = range.predicate();
     let hours = t.timetable_hours_per_day;
     let periods = t.timetable_periods_per_day;
+    if by.below_school() {
+        let none = |target, higher| Rate::new(None, target, higher);
+        return Ok(usage_below_school(w, by, &r, hours, periods)
+            .await?
+            .into_iter()
+            .map(|(group, (school, u))| {
+                let (in_use, timetable) = (u[1].unwrap_or(0.0), u[2].unwrap_or(0.0));
+                UtilisationRow {
+                    group_by: by,
+                    group,
+                    school,
+                    classrooms: u[0].unwrap_or(0.0) as u64,
+                    in_use_hours: in_use,
+                    timetable_hours: timetable,
+                    utilisation: Rate::new((timetable > 0.0).then(|| in_use / timetable), t.utilisation_target, true),
+                    idle_rate: Rate::new(u[3], t.idle_rate_target, false),
+                    booking_no_show_rate: none(t.booking_no_show_limit, false),
+                    live_interruption_rate: none(t.live_interruption_target, false),
+                    resource_sharing_rate: none(t.resource_sharing_target, true),
+                    upload_pass_rate: none(t.upload_pass_rate_target, true),
+                }
+            })
+            .collect());
+    }
     let usage = metric(
         w,
         &format!(
@@ -187,6 +271,7 @@ pub async fn utilisation(w: &Warehouse, by: GroupBy, range: DateRange, t: &Thres
         rows.push(UtilisationRow {
             group_by: by,
             group: group.clone(),
+            school: None,
             classrooms: u[0].unwrap_or(0.0) as u64,
             in_use_hours: in_use,
             timetable_hours: timetable,
