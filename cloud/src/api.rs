@@ -24,7 +24,6 @@ use axum::routing::{get, post};
 use chrono::NaiveDate;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
-use datafusion::execution::context::SQLOptions;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -40,7 +39,7 @@ use crate::config::{QueryLimits, RecommendationWeights, Thresholds, ZoneTargets}
 use crate::ingest::IngestProgress;
 use crate::metrics::CloudMetrics;
 use crate::registry::SchoolYear;
-use crate::warehouse::{Warehouse, batches_to_json};
+use crate::warehouse::{Warehouse, batches_to_json, retry_after_swap};
 
 /// The OpenAPI description of this API (kept beside the code; a test checks they agree).
 pub const OPENAPI: &str = include_str!("../openapi.json");
@@ -506,8 +505,7 @@ fn query_error(e: DataFusionError) -> ApiError {
 
 /// Plans and runs read-only `sql`, keeping at most `max_rows`: (columns, batches, rows, truncated).
 async fn collect_rows(w: &Warehouse, sql: &str, max_rows: usize) -> Result<(Vec<String>, Vec<RecordBatch>, usize, bool), DataFusionError> {
-    let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
-    let df = w.context().sql_with_options(sql, options).await?;
+    let df = w.plan_read_only(sql).await?;
     let columns: Vec<String> = df.schema().fields().iter().map(|f| f.name().clone()).collect();
     let mut stream = df.execute_stream().await?;
     let (mut batches, mut rows, mut truncated) = (Vec::new(), 0usize, false);
@@ -533,19 +531,8 @@ pub async fn run_sql(w: &Warehouse, sql: &str, timeout_ms: u64, max_rows: usize)
     // Its own task, so the time limit fires even while the query keeps a worker busy, and the
     // query is aborted (at its next yield) when it does.
     let work = async move {
-        // A query that listed a partition just before compaction swapped it finds a listed file
-        // gone; the answer is only sent once complete, so it is simply run again (as
-        // `Warehouse::query` does), from a fresh listing.
-        let mut attempt = 0;
-        loop {
-            match collect_rows(&w, &sql, max_rows).await {
-                Err(e) if attempt < 3 && crate::warehouse::listed_file_vanished(&e) => {
-                    attempt += 1;
-                    tracing::debug!(error = %e, attempt, "a listed file was swapped out by compaction; querying again");
-                }
-                other => break other.map_err(query_error),
-            }
-        }
+        // The answer is sent only once complete, so a query racing compaction can run again.
+        retry_after_swap(|| collect_rows(&w, &sql, max_rows)).await.map_err(query_error)
     };
     let mut task = tokio::spawn(work);
     let (columns, batches, rows, truncated) = match tokio::time::timeout(Duration::from_millis(timeout_ms), &mut task).await {

@@ -34,7 +34,6 @@ use datafusion::arrow::ipc::writer::IpcWriteOptions;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::TableType;
-use datafusion::execution::context::SQLOptions;
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use tokio::net::TcpListener;
@@ -111,8 +110,7 @@ impl FlightSql {
 
     /// Plans read-only SQL in the caller's session; a bad query is `InvalidArgument` naming it.
     async fn plan(&self, w: &Warehouse, sql: &str) -> Result<DataFrame, Status> {
-        let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
-        w.context().sql_with_options(sql, options).await.map_err(|e| Status::invalid_argument(format!("sql: {e}")))
+        w.plan_read_only(sql).await.map_err(|e| Status::invalid_argument(format!("sql: {e}")))
     }
 
     async fn audit_sql(&self, p: &Principal, client: Option<String>, sql: &str, ok: bool, secs: f64) {

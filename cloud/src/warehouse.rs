@@ -20,10 +20,13 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
+use datafusion::dataframe::DataFrame;
 use datafusion::datasource::MemTable;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::error::DataFusionError;
 use datafusion::execution::cache::cache_manager::CacheManagerConfig;
+use datafusion::execution::context::SQLOptions;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::{col, in_list, lit};
@@ -204,27 +207,23 @@ impl Warehouse {
         &self.ctx
     }
 
-    /// Runs SQL and collects the result. A query that listed a partition just before compaction
-    /// swapped it (the kill -9 test found this) is run again: the files it names are gone from
-    /// their path, and a new listing finds the merged file holding the same rows.
+    /// Runs SQL and collects the result, again if compaction swapped a listed file
+    /// ([`retry_after_swap`]).
     pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>, CloudError> {
         let started = std::time::Instant::now();
-        let mut attempt = 0;
-        let batches = loop {
-            match self.ctx.sql(sql).await?.collect().await {
-                Ok(b) => break b,
-                Err(e) if attempt < 3 && listed_file_vanished(&e) => {
-                    attempt += 1;
-                    tracing::debug!(error = %e, attempt, "a listed file was swapped out by compaction; querying again");
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
+        let batches = retry_after_swap(|| async { self.ctx.sql(sql).await?.collect().await }).await?;
         if let Some(log) = &self.query_log {
             let rows = batches.iter().map(RecordBatch::num_rows).sum();
             log.lock().expect("query log lock").push((sql.to_string(), rows, started.elapsed().as_secs_f64()));
         }
         Ok(batches)
+    }
+
+    /// Plans `sql` as a caller's query: no DDL, DML or statements (`SET`), in this warehouse's
+    /// (scoped) session. The SQL endpoint and Flight SQL both plan through here.
+    pub async fn plan_read_only(&self, sql: &str) -> Result<DataFrame, DataFusionError> {
+        let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+        self.ctx.sql_with_options(sql, options).await
     }
 
     /// This warehouse recording every query it runs into the returned log.
@@ -247,7 +246,27 @@ impl Warehouse {
 }
 
 /// Whether a query failed because a file it had listed no longer exists at its path.
-pub(crate) fn listed_file_vanished(e: &datafusion::error::DataFusionError) -> bool {
+/// Runs `attempt` again, up to 3 more times, when it failed because a file it listed was
+/// swapped out by compaction (the kill -9 test found this): a new listing finds the merged file
+/// holding the same rows. For work that returns its answer only once complete.
+pub async fn retry_after_swap<T, F, Fut>(mut attempt: F) -> Result<T, DataFusionError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, DataFusionError>>,
+{
+    let mut retries = 0;
+    loop {
+        match attempt().await {
+            Err(e) if retries < 3 && listed_file_vanished(&e) => {
+                retries += 1;
+                tracing::debug!(error = %e, retries, "a listed file was swapped out by compaction; querying again");
+            }
+            other => return other,
+        }
+    }
+}
+
+fn listed_file_vanished(e: &datafusion::error::DataFusionError) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
         if err.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) {
