@@ -68,16 +68,7 @@ async fn lost_files_come_back_from_kafka_and_exports_exactly_once_beside_a_servi
     // A serving cloud with small flushes and eager compaction, so maintenance runs throughout.
     let root = dir.path().join("warehouse");
     let config_path = dir.path().join("cloud.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "warehouse_dir = {:?}\nhttp_listen = \"127.0.0.1:0\"\n[kafka]\nbrokers = {:?}\n[ingest]\nflush_max_events = 100\nflush_interval_ms = 50\n\
-             [maintenance]\ncompact_min_files = 2\ninterval_secs = 0\n",
-            root.display().to_string(),
-            tansu.bootstrap()
-        ),
-    )
-    .unwrap();
+    kafka_events::write_cloud_config(&config_path, &root, &tansu.bootstrap(), 100, 2, 0);
     let config = CloudConfig::load(&config_path).unwrap();
     let shutdown = CancellationToken::new();
     let cloud = edubrain_cloud::start(config.clone(), shutdown.clone()).await.unwrap();

@@ -86,16 +86,7 @@ async fn cloud_kill_9_during_writes_commits_and_compaction_loses_and_duplicates_
     // Small flushes (many files, many commits) and compaction as soon as a partition has 3.
     let root = dir.path().join("warehouse");
     let config = dir.path().join("cloud.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "warehouse_dir = {:?}\nhttp_listen = \"127.0.0.1:0\"\n[kafka]\nbrokers = {:?}\n[ingest]\nflush_max_events = 10\nflush_interval_ms = 50\n\
-             [maintenance]\ncompact_min_files = 3\ninterval_secs = 1\n",
-            root.display().to_string(),
-            tansu.bootstrap()
-        ),
-    )
-    .unwrap();
+    kafka_events::write_cloud_config(&config, &root, &tansu.bootstrap(), 10, 3, 1);
     let log = dir.path().join("cloud.log");
 
     let mut max_rows = 0;

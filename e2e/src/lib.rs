@@ -28,11 +28,33 @@ pub async fn start_edges(
         edges.push(edubrain_edge::start(c, shutdown.clone()).await.unwrap());
     }
     for e in &edges {
-        while e.metrics.mqtt_subscribed.get() != 1 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_subscribed(e).await;
     }
     edges
+}
+
+/// Waits (up to 20 s) until `edge` holds its MQTT subscription.
+pub async fn wait_subscribed(edge: &RunningEdge) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while edge.metrics.mqtt_subscribed.get() != 1 {
+        assert!(tokio::time::Instant::now() < deadline, "the edge did not subscribe within 20 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Connects with `options` to a broker that is listening and returns the CONNACK's code, or
+/// the connection error (a refused login, a failed TLS handshake) as text.
+pub async fn connack(options: rumqttc::MqttOptions) -> Result<rumqttc::ConnectReturnCode, String> {
+    let (_client, mut events) = rumqttc::AsyncClient::new(options, 10);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, events.poll()).await {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack)))) => return Ok(ack.code),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("{e:?}")),
+            Err(_) => return Err("no CONNACK within 10 s".into()),
+        }
+    }
 }
 
 /// Reads `n` records of `topic` from the beginning: (value, headers).

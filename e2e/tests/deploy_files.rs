@@ -252,23 +252,15 @@ fn compose_mosquitto_accepts_the_logins_make_secrets_wrote() {
     let mut broker = Command::new("mosquitto").arg("-c").arg(&conf_path).stderr(log).spawn().unwrap();
     let password = read(&secrets.join("edge-c01-mqtt-password"));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "mosquitto is not listening: {}", read(&tmp.path().join("mosquitto.log")));
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let connect = |password: &str| {
-        rt.block_on(async {
-            let mut options = rumqttc::MqttOptions::new("edge-c01", "127.0.0.1", port);
-            options.set_credentials("edge-c01", password);
-            let (_client, mut events) = rumqttc::AsyncClient::new(options, 10);
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            loop {
-                match tokio::time::timeout_at(deadline, events.poll()).await {
-                    Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack)))) => return Ok(ack.code),
-                    Ok(Ok(_)) => {}
-                    // Not listening yet.
-                    Ok(Err(rumqttc::ConnectionError::Io(_))) => tokio::time::sleep(Duration::from_millis(100)).await,
-                    Ok(Err(e)) => return Err(e.to_string()),
-                    Err(_) => return Err("no CONNACK within 10 s".into()),
-                }
-            }
-        })
+        let mut options = rumqttc::MqttOptions::new("edge-c01", "127.0.0.1", port);
+        options.set_credentials("edge-c01", password);
+        rt.block_on(edubrain_e2e::connack(options))
     };
     let good = connect(&password);
     let bad = connect("not-the-password");

@@ -11,7 +11,7 @@ use edubrain_agent::MqttTarget;
 use edubrain_agent::outbox::OutboxConfig;
 use edubrain_agent::terminal::{Identity, TerminalConfig};
 use edubrain_brokers::{Mosquitto, Pki, Storage, Tansu};
-use edubrain_e2e::read_topic;
+use edubrain_e2e::{connack, read_topic, wait_subscribed};
 use edubrain_edge::EdgeConfig;
 use edubrain_process::mqtt_tls::MqttTls;
 use edubrain_schemas::identity::terminal_username;
@@ -27,15 +27,7 @@ fn identity(terminal: &str) -> Identity {
 async fn connect(port: u16, client_id: &str, tls: &MqttTls) -> Result<rumqttc::ConnectReturnCode, String> {
     let mut options = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
     options.set_transport(tls.transport().map_err(|e| e.to_string())?);
-    let (_client, mut events) = rumqttc::AsyncClient::new(options, 10);
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), events.poll()).await {
-            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack)))) => return Ok(ack.code),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(format!("{e:?}")),
-            Err(_) => return Err("no CONNACK within 10 s".into()),
-        }
-    }
+    connack(options).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,11 +48,7 @@ async fn terminals_and_edges_log_in_with_certificates_and_nothing_else_does() {
     edge_config.mqtt.tls = Some(client_tls("edge", "edge-c01"));
     edge_config.check().unwrap();
     let edge = edubrain_edge::start(edge_config, shutdown.clone()).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while edge.metrics.mqtt_subscribed.get() != 1 {
-        assert!(tokio::time::Instant::now() < deadline, "the edge did not subscribe over TLS");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_subscribed(&edge).await;
 
     // A terminal agent whose certificate names it; classroom software posts two events.
     let me = identity("c01-s1-r1-t1");
@@ -110,19 +98,8 @@ async fn terminals_and_edges_log_in_with_certificates_and_nothing_else_does() {
     // The plain listener without a password: refused too.
     let mut plain = rumqttc::MqttOptions::new(my_login.clone(), "127.0.0.1", mosquitto.port);
     plain.set_credentials(my_login.clone(), "guess");
-    let (_c, mut events) = rumqttc::AsyncClient::new(plain, 10);
-    let refused = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match events.poll().await {
-                Err(e) => return format!("{e:?}"),
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(a))) => return format!("{:?}", a.code),
-                Ok(_) => {}
-            }
-        }
-    })
-    .await
-    .unwrap();
-    assert!(refused.contains("NotAuthorized") || refused.contains("BadUserNamePassword"), "{refused}");
+    let refused = connack(plain).await;
+    assert!(refused.as_ref().is_err_and(|e| e.contains("NotAuthorized") || e.contains("BadUserNamePassword")), "{refused:?}");
 
     // A valid certificate of terminal t1 publishing on t2's topic: the broker's ACL drops it;
     // the edge never sees it, nothing more reaches Kafka.

@@ -1,6 +1,7 @@
 //! Events produced straight into the events topic of a real Kafka-protocol broker, as the
-//! edges would, for the cloud's ingest tests (kill -9, backfill).
+//! edges would, for the cloud's ingest tests (kill -9, backfill), and the cloud config they run.
 
+use std::path::Path;
 use std::time::Duration;
 
 use edubrain_schemas::Event;
@@ -27,4 +28,24 @@ pub async fn produce(producer: &FutureProducer, events: impl Iterator<Item = Eve
     for r in futures::future::join_all(sends).await {
         r.unwrap();
     }
+}
+
+/// Writes a cloud config at `path`: its warehouse at `root`, Kafka at `bootstrap`, the API on a
+/// free port, flushes of `flush_max_events` (or every 50 ms), compaction once a partition has
+/// `compact_min_files` small files, at most every `interval_secs`.
+pub fn write_cloud_config(
+    path: &Path,
+    root: &Path,
+    bootstrap: &str,
+    flush_max_events: usize,
+    compact_min_files: usize,
+    interval_secs: u64,
+) {
+    let toml = format!(
+        "warehouse_dir = {:?}\nhttp_listen = \"127.0.0.1:0\"\n[kafka]\nbrokers = {bootstrap:?}\n\
+         [ingest]\nflush_max_events = {flush_max_events}\nflush_interval_ms = 50\n\
+         [maintenance]\ncompact_min_files = {compact_min_files}\ninterval_secs = {interval_secs}\n",
+        root.display().to_string()
+    );
+    std::fs::write(path, toml).unwrap();
 }
