@@ -245,7 +245,7 @@ impl FlightSql {
     }
 
     /// (catalog, schema, table) of every table the caller's session has.
-    async fn tables(&self, w: &Warehouse) -> Vec<(String, String, String)> {
+    fn tables(w: &Warehouse) -> Vec<(String, String, String)> {
         let ctx = w.context();
         let mut out = Vec::new();
         for catalog in ctx.catalog_names() {
@@ -379,7 +379,7 @@ impl FlightSqlService for FlightSql {
     async fn do_get_catalogs(&self, query: CommandGetCatalogs, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
         let w = self.warehouse(&self.principal(&request).await?).await?;
         let mut builder = query.into_builder();
-        let mut catalogs: Vec<String> = self.tables(&w).await.into_iter().map(|(c, _, _)| c).collect();
+        let mut catalogs: Vec<String> = Self::tables(&w).into_iter().map(|(c, _, _)| c).collect();
         catalogs.dedup();
         catalogs.into_iter().for_each(|c| builder.append(c));
         Self::one_batch(builder.build())
@@ -397,7 +397,7 @@ impl FlightSqlService for FlightSql {
     async fn do_get_schemas(&self, query: CommandGetDbSchemas, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
         let w = self.warehouse(&self.principal(&request).await?).await?;
         let mut builder = query.into_builder();
-        let mut schemas: Vec<(String, String)> = self.tables(&w).await.into_iter().map(|(c, s, _)| (c, s)).collect();
+        let mut schemas: Vec<(String, String)> = Self::tables(&w).into_iter().map(|(c, s, _)| (c, s)).collect();
         schemas.dedup();
         schemas.into_iter().for_each(|(c, s)| builder.append(c, s));
         Self::one_batch(builder.build())
@@ -415,7 +415,7 @@ impl FlightSqlService for FlightSql {
     async fn do_get_tables(&self, query: CommandGetTables, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
         let w = self.warehouse(&self.principal(&request).await?).await?;
         let mut builder = query.into_builder();
-        for (catalog, schema, table) in self.tables(&w).await {
+        for (catalog, schema, table) in Self::tables(&w) {
             let Some(provider) = w.context().catalog(&catalog).and_then(|c| c.schema(&schema)) else { continue };
             let Ok(Some(t)) = provider.table(&table).await else { continue };
             let kind = match t.table_type() {
