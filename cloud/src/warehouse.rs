@@ -267,9 +267,19 @@ where
 }
 
 fn listed_file_vanished(e: &datafusion::error::DataFusionError) -> bool {
+    use datafusion::parquet::errors::ParquetError;
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
         if err.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) {
+            return true;
+        }
+        // DataFusion 55 flattens the object store's NotFound into a string when it reads a
+        // file's footer (datafusion-datasource-parquet's `ParquetFileReader::get_metadata`), so
+        // there is no io::Error left to find. CI's kill -9 test caught a reader there.
+        if let Some(ParquetError::General(message)) = err.downcast_ref::<ParquetError>()
+            && message.starts_with("Failed to fetch metadata for file")
+            && message.contains("not found")
+        {
             return true;
         }
         source = err.source();
@@ -293,6 +303,24 @@ pub fn batches_to_json(batches: &[RecordBatch]) -> Result<Vec<serde_json::Map<St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Both shapes in which a vanished file reaches a query: with the io::Error in the chain
+    /// (opening the file) and flattened into a string (reading its footer).
+    #[test]
+    fn a_vanished_file_is_recognised_in_either_shape() {
+        use datafusion::parquet::errors::ParquetError;
+        let gone = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory (os error 2)");
+        assert!(listed_file_vanished(&DataFusionError::IoError(gone)));
+        let footer = ParquetError::General(
+            "Failed to fetch metadata for file w/events/part-1.parquet: Object Store error: Object at location \
+             /w/events/part-1.parquet not found: No such file or directory (os error 2)"
+                .into(),
+        );
+        assert!(listed_file_vanished(&DataFusionError::ParquetError(Box::new(footer))));
+        let corrupt = ParquetError::General("Failed to fetch metadata for file w/part-1.parquet: invalid footer".into());
+        assert!(!listed_file_vanished(&DataFusionError::ParquetError(Box::new(corrupt))));
+        assert!(!listed_file_vanished(&DataFusionError::Plan("table 'x' not found".into())));
+    }
 
     /// Files renamed into place after a query are seen by the next one, in the province's
     /// session and in a scoped one.
