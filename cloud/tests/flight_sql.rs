@@ -12,6 +12,8 @@ use edubrain_cloud::access::Role;
 use edubrain_cloud::audit::AuditAction;
 use serde_json::{Value, json};
 
+/// 10^10 row pairs through a nested-loop join: runs far past the fixture's 5 s limit.
+const ENDLESS: &str = "SELECT COUNT(*) AS n FROM generate_series(1, 100000) a, generate_series(1, 100000) b WHERE a.value + b.value < 0";
 const COUNT_BY_SCHOOL: &str = "SELECT school, COUNT(*) AS n FROM events GROUP BY school ORDER BY school";
 
 /// Runs the ADBC client on `cases` and returns one answer per case.
@@ -150,6 +152,7 @@ fn flight_sql_refuses_strangers_and_writes_and_audits_what_it_ran() {
         json!({ "uri": uri, "auth": bearer(province), "op": "query", "sql": "SELECT value FROM generate_series(1, 5000)" }),
         json!({ "uri": uri, "auth": bearer(province), "op": "query", "sql": "SELECT nonsense FROM events" }),
         json!({ "uri": uri, "auth": bearer(province), "op": "query", "sql": count }),
+        json!({ "uri": uri, "auth": bearer(province), "op": "query", "sql": ENDLESS }),
     ]);
     let city_total: u64 = f.events_per_school.iter().filter(|(s, _)| f.visible(&city).schools.contains(*s)).map(|(_, n)| n).sum();
     assert_eq!(ok(&answers[0], "basic login")["rows"][0]["n"].as_u64(), Some(city_total));
@@ -167,6 +170,10 @@ fn flight_sql_refuses_strangers_and_writes_and_audits_what_it_ran() {
     assert!(error(&answers[8], "unknown column").contains("nonsense"));
     let all: u64 = f.events_per_school.values().sum();
     assert_eq!(ok(&answers[9], "events still there")["rows"][0]["n"].as_u64(), Some(all));
+    let e = error(&answers[10], "a query past the time limit");
+    assert!(e.contains("time limit of 5000 ms") && e.to_lowercase().contains("deadline"), "{e}");
+    let took = answers[10]["seconds"].as_f64().unwrap();
+    assert!((5.0..30.0).contains(&took), "the time limit ended the query after {took} s");
 
     // The audit log: who ran what and whether it ran; the failed logins with no principal.
     let dir = f.dir.path().join("audit");
@@ -192,6 +199,7 @@ fn flight_sql_refuses_strangers_and_writes_and_audits_what_it_ran() {
     assert!(ran(count).contains(&(city_principal.clone(), Some(true))), "{records:#?}");
     assert_eq!(ran("SELECT value FROM generate_series(1, 6000)"), vec![("p0".to_string(), Some(false))]);
     assert_eq!(ran("SELECT value FROM generate_series(1, 5000)"), vec![("p0".to_string(), Some(true))]);
+    assert_eq!(ran(ENDLESS), vec![("p0".to_string(), Some(false))]);
     let refusals = records.iter().filter(|r| r.action == AuditAction::Denied && r.target.starts_with("flight-sql")).count();
     assert!(refusals >= 3, "{records:#?}");
     let text = std::fs::read_to_string(edubrain_cloud::audit::file_for(&dir, day)).unwrap();

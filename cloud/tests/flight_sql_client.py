@@ -3,12 +3,14 @@
 Reads a JSON list of cases on stdin and prints one JSON answer per case on stdout. Each case:
   {"uri": ..., "auth": {"bearer": token} | {"user": name, "password": token},
    "op": "query" | "prepared" | "objects" | "info" | "table_schema", "sql": ..., "table": ...}
-An answer is {"ok": true, ...} with what the op returned, or {"ok": false, "error": message}.
+An answer is {"ok": true, ...} with what the op returned, or {"ok": false, "error": message};
+each also has "seconds", how long the case took.
 cloud/tests/flight_sql.rs makes the cases and checks the answers.
 """
 
 import json
 import sys
+import time
 
 import adbc_driver_flightsql
 import adbc_driver_flightsql.dbapi as flight_sql
@@ -54,8 +56,11 @@ def run(case):
 
 answers = []
 for case in json.load(sys.stdin):
+    started = time.monotonic()
     try:
-        answers.append({"ok": True, **run(case)})
+        answer = {"ok": True, **run(case)}
     except Exception as e:  # the test asserts on the driver's message
-        answers.append({"ok": False, "error": "%s: %s" % (type(e).__name__, e)})
+        answer = {"ok": False, "error": "%s: %s" % (type(e).__name__, e)}
+    answer["seconds"] = time.monotonic() - started
+    answers.append(answer)
 print(json.dumps(answers, default=str))
