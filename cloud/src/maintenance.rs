@@ -66,6 +66,8 @@ pub struct Report {
     pub files_merged: u64,
     pub partitions_expired: u64,
     pub leftovers_removed: u64,
+    /// Half-written files (`.<name>.tmp`) a writer killed before its rename left behind.
+    pub temp_files_removed: u64,
     /// Nothing was done: a backfill holds the writer lock.
     pub skipped_for_backfill: bool,
 }
@@ -159,6 +161,38 @@ pub fn remove_leftovers(root: &Path, grace: Duration) -> Result<u64, CloudError>
             std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
             removed += 1;
         }
+    }
+    Ok(removed)
+}
+
+/// Removes the half-written files (`.<name>.tmp`, see `sink`) under `events/` and
+/// `quarantine/` that a writer killed before its rename left behind. No query lists them, but
+/// they hold disk until someone removes them. Only under the [`WriterLock`] and between
+/// ingest's flushes, when no writer can have a temporary file open.
+pub fn remove_temp_files(root: &Path) -> Result<u64, CloudError> {
+    fn walk(dir: &Path, removed: &mut u64) -> Result<(), CloudError> {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(dir)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io(dir))?;
+            let path = entry.path();
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if entry.file_type().map_err(io(&path))?.is_dir() {
+                walk(&path, removed)?;
+            } else if name.starts_with('.') && name.ends_with(".tmp") {
+                std::fs::remove_file(&path).map_err(io(&path))?;
+                *removed += 1;
+            }
+        }
+        Ok(())
+    }
+    let mut removed = 0;
+    for tree in ["events", "quarantine"] {
+        walk(&root.join(tree), &mut removed)?;
     }
     Ok(removed)
 }
@@ -258,7 +292,8 @@ pub fn run(root: &Path, cfg: &MaintenanceConfig, today: NaiveDate, grace: Durati
     let Some(_lock) = WriterLock::try_acquire(root)? else {
         return Ok(Report { skipped_for_backfill: true, ..Report::default() });
     };
-    let mut report = Report { leftovers_removed: remove_leftovers(root, grace)?, ..Report::default() };
+    let mut report =
+        Report { leftovers_removed: remove_leftovers(root, grace)?, temp_files_removed: remove_temp_files(root)?, ..Report::default() };
     report.partitions_expired = expire(root, today, cfg.retention_days)?;
     let mut budget = cfg.max_merge_bytes;
     for date_dir in subdirs(&root.join("events"))? {
@@ -287,6 +322,25 @@ mod tests {
         assert!(report.skipped_for_backfill);
         drop(held);
         assert!(!run(dir.path(), &MaintenanceConfig::default(), today, GRACE).unwrap().skipped_for_backfill);
+    }
+
+    #[test]
+    fn half_written_files_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let partition = dir.path().join("events/date=2026-11-16/city=c01");
+        let quarantine = dir.path().join("quarantine");
+        std::fs::create_dir_all(&partition).unwrap();
+        std::fs::create_dir_all(&quarantine).unwrap();
+        for file in [partition.join(".part-1.parquet.tmp"), partition.join("part-2.parquet"), quarantine.join(".q-1.parquet.tmp")] {
+            std::fs::write(file, b"x").unwrap();
+        }
+        std::fs::write(dir.path().join(".not-a-tree.tmp"), b"x").unwrap();
+        let today = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
+        let report = run(dir.path(), &MaintenanceConfig::default(), today, GRACE).unwrap();
+        assert_eq!(report.temp_files_removed, 2);
+        assert!(!partition.join(".part-1.parquet.tmp").exists() && !quarantine.join(".q-1.parquet.tmp").exists());
+        assert!(partition.join("part-2.parquet").exists(), "a finished file was removed");
+        assert!(dir.path().join(".not-a-tree.tmp").exists(), "outside events/ and quarantine/ is not maintenance's");
     }
     use crate::Warehouse;
     use crate::batch::StoredEvent;
