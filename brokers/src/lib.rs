@@ -6,7 +6,9 @@
 //! - [`Mosquitto`]: `deploy/mosquitto/edubrain.conf` plus a generated listener, and
 //!   optionally `deploy/mosquitto/tls.conf`'s TLS listener with client certificates.
 //! - [`Pki`]: a test CA and the certificates it signs (the `openssl` command).
-//! - [`Tansu`]: memory or sqlite storage; `kill9` and `restart` for fault tests.
+//! - [`Tansu`]: memory or sqlite storage; `kill9` and `restart` for fault tests; SCRAM logins
+//!   and required SASL for the Kafka security test.
+//! - [`TlsTerminator`]: socat's TLS in front of Tansu (which cannot serve TLS itself).
 //! - [`Prometheus`]: Debian's `prometheus` with `deploy/prometheus/` pointed at the running
 //!   edges and cloud, for the demo and the monitoring test.
 //! - [`test_python`]: the venv with the Python clients tests drive the system with.
@@ -288,6 +290,16 @@ pub struct Tansu {
     pub port: u16,
     dir: PathBuf,
     storage: Storage,
+    security: TansuSecurity,
+}
+
+/// What a Tansu requires of its clients, kept across restarts.
+#[derive(Debug, Clone, Copy, Default)]
+struct TansuSecurity {
+    /// `--authentication`: SASL before anything but ApiVersions.
+    sasl: bool,
+    /// The port advertised in metadata, when clients reach the broker through a proxy.
+    advertised_port: Option<u16>,
 }
 
 /// Where `scripts/ensure-tools` installs what is not a Debian package.
@@ -315,14 +327,45 @@ pub fn test_python() -> Result<PathBuf, BrokerError> {
 impl Tansu {
     pub fn start(dir: &Path, storage: Storage) -> Result<Self, BrokerError> {
         std::fs::create_dir_all(dir).map_err(|e| BrokerError::Spawn { what: "tansu", source: e })?;
-        let mut t = Self::spawn(dir, storage, free_port())?;
+        let mut t = Self::spawn(dir, storage, free_port(), TansuSecurity::default())?;
         t.wait()?;
         Ok(t)
     }
 
-    fn spawn(dir: &Path, storage: Storage, port: u16) -> Result<Self, BrokerError> {
+    /// Adds a SCRAM-SHA-512 login with Tansu's own `user create` (stored by the broker's
+    /// engine, so it survives restarts on sqlite). Before [`Tansu::require_sasl`]: Tansu's
+    /// command-line client cannot log in itself.
+    pub fn create_scram_user(&self, name: &str, password: &str) -> Result<(), BrokerError> {
+        let broker = format!("tcp://127.0.0.1:{}", self.port);
+        let out = Command::new(tansu_binary()?)
+            .args(["user", "create", "--broker", &broker, "--mechanism", "scram512", name, password])
+            .env("RUST_LOG", "warn")
+            .output()
+            .map_err(|e| BrokerError::Spawn { what: "tansu user create", source: e })?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(BrokerError::Spawn {
+                what: "tansu user create",
+                source: std::io::Error::other(format!("{name}: {}", String::from_utf8_lossy(&out.stderr))),
+            })
+        }
+    }
+
+    /// Restarts requiring SASL (Tansu's `--authentication`: SCRAM logins made with
+    /// [`Tansu::create_scram_user`]; note that Tansu's PLAIN accepts any password) and, with
+    /// `advertised_port`, telling clients in metadata to connect there (a TLS terminator in
+    /// front: Tansu 0.6 itself cannot serve TLS, its `--cert` and `--key` refuse each other).
+    pub fn require_sasl(&mut self, advertised_port: Option<u16>) -> Result<(), BrokerError> {
+        self.kill9();
+        *self = Self::spawn(&self.dir.clone(), self.storage, self.port, TansuSecurity { sasl: true, advertised_port })?;
+        self.wait()
+    }
+
+    fn spawn(dir: &Path, storage: Storage, port: u16, security: TansuSecurity) -> Result<Self, BrokerError> {
         let bin = tansu_binary()?;
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised = format!("tcp://127.0.0.1:{}", security.advertised_port.unwrap_or(port));
         let engine = match storage {
             Storage::Memory => "memory://tansu/".to_string(),
             // Relative to the broker's working directory (an absolute path is not accepted as one).
@@ -333,15 +376,19 @@ impl Tansu {
             .append(true)
             .open(dir.join("tansu.log"))
             .map_err(|e| BrokerError::Spawn { what: "tansu", source: e })?;
-        let child = Command::new(bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", &engine])
+        let mut command = Command::new(bin);
+        command.args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised, "--storage-engine", &engine]);
+        if security.sasl {
+            command.arg("--authentication");
+        }
+        let child = command
             .current_dir(dir)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .map_err(|e| BrokerError::Spawn { what: "tansu", source: e })?;
-        Ok(Self { child: KillOnDrop(child), port, dir: dir.to_path_buf(), storage })
+        Ok(Self { child: KillOnDrop(child), port, dir: dir.to_path_buf(), storage, security })
     }
 
     fn wait(&mut self) -> Result<(), BrokerError> {
@@ -362,7 +409,7 @@ impl Tansu {
     /// Starts again on the same port and storage.
     pub fn restart(&mut self) -> Result<(), BrokerError> {
         self.kill9();
-        *self = Self::spawn(&self.dir.clone(), self.storage, self.port)?;
+        *self = Self::spawn(&self.dir.clone(), self.storage, self.port, self.security)?;
         self.wait()
     }
 
@@ -374,6 +421,41 @@ impl Tansu {
     /// SIGCONT after [`Tansu::freeze`].
     pub fn thaw(&self) -> Result<(), BrokerError> {
         self.child.signal("CONT")
+    }
+}
+
+/// TLS in front of a plaintext broker: socat (Debian's) accepting TLS with a server
+/// certificate from a [`Pki`], requiring a client certificate the same CA signed, and
+/// forwarding to `127.0.0.1:target`. This is how Kafka over TLS is tested against Tansu, which
+/// cannot serve TLS itself (see [`Tansu::require_sasl`]).
+pub struct TlsTerminator {
+    _child: KillOnDrop,
+    pub port: u16,
+}
+
+impl TlsTerminator {
+    pub fn start(dir: &Path, port: u16, target: u16, pki: &Pki) -> Result<Self, BrokerError> {
+        let (cert, key) = pki.issue("terminator", "127.0.0.1", true)?;
+        let log = std::fs::File::create(dir.join("socat.log")).map_err(|e| BrokerError::Spawn { what: "socat", source: e })?;
+        let listen = format!(
+            "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},cafile={},verify=1",
+            cert.display(),
+            key.display(),
+            pki.ca.display()
+        );
+        let mut child = Command::new("socat")
+            .args([listen, format!("TCP:127.0.0.1:{target}")])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| BrokerError::Spawn { what: "socat", source: e })?;
+        wait_ready("socat", port, &dir.join("socat.log"), &mut child)?;
+        Ok(Self { _child: KillOnDrop(child), port })
+    }
+
+    /// `host:port` for `bootstrap.servers`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
     }
 }
 

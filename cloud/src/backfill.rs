@@ -244,7 +244,7 @@ async fn from_kafka(
     };
     // The live group's id, to read its committed offsets; this consumer never commits. Partition
     // EOF events end a partition whose last offsets are gaps.
-    let consumer: StreamConsumer = consumer_config(config)
+    let consumer: StreamConsumer = consumer_config(config)?
         .set("enable.partition.eof", "true")
         .create()
         .map_err(kafka(&format!("consumer for {}", config.kafka.brokers)))?;

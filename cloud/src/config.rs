@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use edubrain_process::kafka_security::{self, KafkaSasl, KafkaTls};
 use serde::Deserialize;
 
 use crate::CloudError;
@@ -96,6 +97,10 @@ pub struct KafkaConfig {
     pub brokers: String,
     pub group_id: String,
     pub events_topic: String,
+    /// `[kafka.tls]`: TLS to the brokers (CA, optional client certificate).
+    pub tls: Option<KafkaTls>,
+    /// `[kafka.sasl]`: the cloud's Kafka login (SCRAM-SHA-512 by preference).
+    pub sasl: Option<KafkaSasl>,
 }
 
 impl Default for KafkaConfig {
@@ -104,6 +109,8 @@ impl Default for KafkaConfig {
             brokers: "127.0.0.1:9092".into(),
             group_id: "edubrain-cloud".into(),
             events_topic: edubrain_schemas::topics::KAFKA_EVENTS_TOPIC.into(),
+            tls: None,
+            sasl: None,
         }
     }
 }
@@ -281,15 +288,23 @@ impl CloudConfig {
     pub fn load_with_env(path: &Path, get: impl Fn(&str) -> Option<String>) -> Result<Self, CloudError> {
         let text = std::fs::read_to_string(path).map_err(|e| CloudError::Config(format!("{}: {e}", path.display())))?;
         let mut c: CloudConfig = toml::from_str(&text).map_err(|e| CloudError::Config(format!("{}: {e}", path.display())))?;
-        c.apply_env(get);
+        c.apply_env(get)?;
+        // Every file the Kafka security settings name is read now, so a wrong path fails here.
+        kafka_security::client_properties(c.kafka.tls.as_ref(), c.kafka.sasl.as_ref()).map_err(|e| CloudError::Config(e.to_string()))?;
         Ok(c)
     }
 
-    /// Overrides from `EDUBRAIN_CLOUD_KAFKA_BROKERS`, `_WAREHOUSE_DIR`, `_REGISTRY`,
-    /// `_HTTP_LISTEN`, `_FLIGHT_SQL_LISTEN`.
-    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
+    /// Overrides from `EDUBRAIN_CLOUD_KAFKA_BROKERS`, `_KAFKA_SASL_PASSWORD_FILE`,
+    /// `_WAREHOUSE_DIR`, `_REGISTRY`, `_HTTP_LISTEN`, `_FLIGHT_SQL_LISTEN`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), CloudError> {
         if let Some(v) = get("EDUBRAIN_CLOUD_KAFKA_BROKERS") {
             self.kafka.brokers = v;
+        }
+        if let Some(v) = get("EDUBRAIN_CLOUD_KAFKA_SASL_PASSWORD_FILE") {
+            let sasl = self.kafka.sasl.as_mut().ok_or_else(|| {
+                CloudError::Config("EDUBRAIN_CLOUD_KAFKA_SASL_PASSWORD_FILE is set but the config has no [kafka.sasl] section".into())
+            })?;
+            sasl.password_file = v.into();
         }
         if let Some(v) = get("EDUBRAIN_CLOUD_WAREHOUSE_DIR") {
             self.warehouse_dir = v.into();
@@ -303,5 +318,6 @@ impl CloudConfig {
         if let Some(v) = get("EDUBRAIN_CLOUD_FLIGHT_SQL_LISTEN") {
             self.flight_sql.listen = Some(v);
         }
+        Ok(())
     }
 }

@@ -45,19 +45,25 @@ struct Quarantined {
     raw: String,
 }
 
-/// The settings of the cloud's consumers: its group, and offsets only ever committed by hand.
-pub(crate) fn consumer_config(config: &CloudConfig) -> ClientConfig {
+/// The settings of the cloud's consumers: its group, offsets only ever committed by hand, and
+/// the configured TLS and SASL.
+pub(crate) fn consumer_config(config: &CloudConfig) -> Result<ClientConfig, CloudError> {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &config.kafka.brokers)
         .set("group.id", &config.kafka.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest");
-    c
+    let security = edubrain_process::kafka_security::client_properties(config.kafka.tls.as_ref(), config.kafka.sasl.as_ref())
+        .map_err(|e| CloudError::Config(e.to_string()))?;
+    for (key, value) in security {
+        c.set(key, value);
+    }
+    Ok(c)
 }
 
 fn consumer(config: &CloudConfig) -> Result<StreamConsumer, CloudError> {
-    consumer_config(config).create().map_err(|e| CloudError::Kafka(format!("consumer for {}: {e}", config.kafka.brokers)))
+    consumer_config(config)?.create().map_err(|e| CloudError::Kafka(format!("consumer for {}: {e}", config.kafka.brokers)))
 }
 
 /// Waits until `topic` exists and returns its partition ids; `None` if shut down first.
@@ -150,11 +156,12 @@ pub async fn run(
                 if r.skipped_for_backfill {
                     tracing::info!("warehouse maintenance skipped: a backfill is writing");
                 }
-                if r.partitions_compacted + r.partitions_expired > 0 {
+                if r.partitions_compacted + r.partitions_expired + r.temp_files_removed > 0 {
                     tracing::info!(
                         compacted = r.partitions_compacted,
                         merged = r.files_merged,
                         expired = r.partitions_expired,
+                        half_written_removed = r.temp_files_removed,
                         "warehouse maintenance"
                     );
                 }

@@ -244,37 +244,12 @@ async fn run_backfill(
     source: &backfill::Source,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<backfill::BackfillProgress> {
-    use std::io::IsTerminal;
-    let bar = indicatif::ProgressBar::new(0);
-    let tty = std::io::stderr().is_terminal();
-    if tty {
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg} ({per_sec}, {eta} left)")
-                .expect("valid template"),
-        );
-    } else {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    let mut last_line = std::time::Instant::now();
+    let mut bar = edubrain_process::progress::OperatorProgress::new("backfill");
     let mut report = |p: &backfill::BackfillProgress| {
-        bar.set_length(p.total);
-        bar.set_position(p.position);
-        bar.set_message(format!("{} · {} written, {} present, {} invalid", p.unit, p.events_written, p.already_present, p.invalid));
-        if !tty && last_line.elapsed() >= std::time::Duration::from_secs(5) {
-            last_line = std::time::Instant::now();
-            eprintln!(
-                "backfill: {}/{} {} ({:.0}%), {} written, {} already present, {} invalid",
-                p.position,
-                p.total,
-                p.unit,
-                100.0 * p.position as f64 / p.total.max(1) as f64,
-                p.events_written,
-                p.already_present,
-                p.invalid
-            );
-        }
+        let message = format!("{} written, {} already present, {} invalid", p.events_written, p.already_present, p.invalid);
+        bar.update(p.position, p.total, p.unit, &message);
     };
     let result = backfill::run(config, range, source, shutdown, &mut report).await;
-    bar.finish_and_clear();
+    bar.finish();
     Ok(result?)
 }

@@ -57,31 +57,70 @@ pub async fn connack(options: rumqttc::MqttOptions) -> Result<rumqttc::ConnectRe
     }
 }
 
-/// Reads `n` records of `topic` from the beginning: (value, headers).
-pub async fn read_topic(brokers: &str, topic: &str, n: usize) -> Vec<(Vec<u8>, BTreeMap<String, String>)> {
+/// A consumer assigned every partition of `topic` from the beginning (never committing), and
+/// the partitions; with `eof`, the end of each partition is reported as `PartitionEOF`.
+fn reader(brokers: &str, topic: &str, eof: bool) -> (StreamConsumer, std::collections::BTreeSet<i32>) {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "e2e-reader")
         .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", eof.to_string())
         .create()
         .unwrap();
     let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)).unwrap();
     let mut tpl = TopicPartitionList::new();
-    for p in md.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
+    let partitions: std::collections::BTreeSet<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    for p in &partitions {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning).unwrap();
     }
     consumer.assign(&tpl).unwrap();
+    (consumer, partitions)
+}
+
+/// Reads `n` records of `topic` from the beginning: (value, headers).
+pub async fn read_topic(brokers: &str, topic: &str, n: usize) -> Vec<(Vec<u8>, BTreeMap<String, String>)> {
+    let (consumer, _) = reader(brokers, topic, false);
     let mut out = Vec::new();
     while out.len() < n {
         let msg = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
             .await
             .unwrap_or_else(|_| panic!("only {} of {n} records of {topic} arrived", out.len()))
             .unwrap();
-        let headers = msg
-            .headers()
-            .map(|h| h.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
-            .unwrap_or_default();
-        out.push((msg.payload().unwrap_or_default().to_vec(), headers));
+        out.push((msg.payload().unwrap_or_default().to_vec(), headers_of(&msg)));
     }
     out
+}
+
+/// Every record of `topic` from the beginning to its end now: (value, headers).
+pub async fn read_to_end(brokers: &str, topic: &str) -> Vec<(Vec<u8>, BTreeMap<String, String>)> {
+    let (consumer, mut pending) = reader(brokers, topic, true);
+    let mut out = Vec::new();
+    while !pending.is_empty() {
+        let msg = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{topic}: partitions {pending:?} not read to the end within 30 s"));
+        match msg {
+            Err(rdkafka::error::KafkaError::PartitionEOF(p)) => {
+                pending.remove(&p);
+            }
+            Err(e) => panic!("reading {topic}: {e}"),
+            Ok(msg) => out.push((msg.payload().unwrap_or_default().to_vec(), headers_of(&msg))),
+        }
+    }
+    out
+}
+
+fn headers_of(msg: &impl Message) -> BTreeMap<String, String> {
+    msg.headers()
+        .map(|h| h.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
+        .unwrap_or_default()
+}
+
+/// A binary the workspace built beside the running test (cargo builds every member's binaries
+/// for `cargo test --workspace`).
+pub fn workspace_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(path.is_file(), "{} not built: run the tests with --workspace", path.display());
+    path
 }

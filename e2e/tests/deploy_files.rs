@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use edubrain_e2e::workspace_binary;
 use serde_json::Value;
 
 fn repo() -> PathBuf {
@@ -36,15 +37,6 @@ fn yaml_docs(path: &Path) -> Vec<Value> {
 
 fn strs(v: &Value) -> Vec<String> {
     v.as_array().map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect()).unwrap_or_default()
-}
-
-/// A binary the workspace built beside this test (cargo builds every member's binaries for
-/// `cargo test --workspace`).
-fn workspace_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(path.is_file(), "{} not built: run the tests with --workspace", path.display());
-    path
 }
 
 /// Which component reads a config, and how (with the given environment); returns the
@@ -470,4 +462,56 @@ fn systemd_units_load_their_configs_and_pass_systemd_analyze() {
         units += 1;
     }
     assert_eq!(units, 3);
+}
+
+/// The commented `[kafka.tls]`/`[kafka.sasl]` block of each example config, uncommented with
+/// the files it names created, loads through the component's loader (which reads every file
+/// the block names) and asks librdkafka for `sasl_ssl` with the block's login.
+#[test]
+fn kafka_security_examples_load_when_uncommented() {
+    use edubrain_process::kafka_security::client_properties;
+    let tmp = tempfile::tempdir().unwrap();
+    for (file, user) in [("edge-c01.toml", "edge-c01"), ("edge-c02.toml", "edge-c02"), ("cloud.toml", "edubrain-cloud")] {
+        let text = read(&repo().join("deploy").join(file));
+        let mut uncommented = 0;
+        let mut in_block = false;
+        let mut lines = Vec::new();
+        for line in text.lines() {
+            in_block |= line == "# [kafka.tls]";
+            if in_block && let Some(rest) = line.strip_prefix('#') {
+                lines.push(rest.trim_start().to_string());
+                uncommented += 1;
+                in_block = !rest.trim_start().starts_with("password_file");
+            } else {
+                lines.push(line.to_string());
+            }
+        }
+        assert_eq!(uncommented, 9, "{file}: the Kafka security block changed shape");
+        let root = tmp.path().join(file);
+        let text = lines
+            .join("\n")
+            .replace("/etc/edubrain/", &format!("{}/etc/", root.display()))
+            .replace("/run/secrets/", &format!("{}/secrets/", root.display()));
+        for dir in ["etc", "secrets"] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        let cert = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        std::fs::write(root.join("etc/kafka-ca.pem"), cert).unwrap();
+        std::fs::write(root.join(format!("etc/{user}-kafka.pem")), cert).unwrap();
+        std::fs::write(root.join(format!("etc/{user}-kafka.key")), "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n")
+            .unwrap();
+        std::fs::write(root.join("secrets/kafka-password"), "p\n").unwrap();
+        let config = root.join("config.toml");
+        std::fs::write(&config, text).unwrap();
+        let (tls, sasl) = if file.starts_with("edge") {
+            let c = edubrain_edge::EdgeConfig::load_with_env(&config, |_| None).unwrap_or_else(|e| panic!("{file}: {e}"));
+            (c.kafka.tls, c.kafka.sasl)
+        } else {
+            let c = edubrain_cloud::CloudConfig::load_with_env(&config, |_| None).unwrap_or_else(|e| panic!("{file}: {e}"));
+            (c.kafka.tls, c.kafka.sasl)
+        };
+        let properties = client_properties(tls.as_ref(), sasl.as_ref()).unwrap();
+        let get = |k: &str| properties.iter().find(|(key, _)| *key == k).map(|(_, v)| v.as_str());
+        assert_eq!((get("security.protocol"), get("sasl.username")), (Some("sasl_ssl"), Some(user)), "{file}");
+    }
 }

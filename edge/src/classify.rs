@@ -58,7 +58,8 @@ pub fn classify(
     }
 }
 
-fn check(
+/// The checks of [`classify`] without the dedup window (also what a dead-letter replay runs).
+pub(crate) fn check(
     city: &str,
     topic: &str,
     payload: &[u8],

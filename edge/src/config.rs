@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use edubrain_process::kafka_security::{self, KafkaSasl, KafkaTls};
 use serde::Deserialize;
 
 use crate::EdgeError;
@@ -160,8 +161,12 @@ pub struct KafkaConfig {
     pub partitions: i32,
     pub replication: i32,
     /// Extra librdkafka producer properties (e.g. `linger.ms`); cannot weaken `acks` or
-    /// idempotence, which the edge always sets.
+    /// idempotence, which the edge always sets, nor the security settings below.
     pub producer: BTreeMap<String, String>,
+    /// `[kafka.tls]`: TLS to the brokers (CA, optional client certificate).
+    pub tls: Option<KafkaTls>,
+    /// `[kafka.sasl]`: the edge's Kafka login (SCRAM-SHA-512 by preference).
+    pub sasl: Option<KafkaSasl>,
 }
 
 impl Default for KafkaConfig {
@@ -174,6 +179,8 @@ impl Default for KafkaConfig {
             partitions: 6,
             replication: 1,
             producer: BTreeMap::new(),
+            tls: None,
+            sasl: None,
         }
     }
 }
@@ -215,6 +222,14 @@ impl EdgeConfig {
         self.mqtt.username = Some(user);
     }
 
+    /// What the edge flags about device clocks (`max_clock_ahead_hours`).
+    pub fn validation_policy(&self) -> edubrain_schemas::ValidationPolicy {
+        edubrain_schemas::ValidationPolicy {
+            max_clock_ahead: chrono::Duration::hours(self.max_clock_ahead_hours),
+            ..edubrain_schemas::ValidationPolicy::default()
+        }
+    }
+
     /// Reads a TOML file, then applies env overrides.
     pub fn load(path: &Path) -> Result<Self, EdgeError> {
         Self::load_with_env(path, |k| std::env::var(k).ok())
@@ -231,7 +246,8 @@ impl EdgeConfig {
     }
 
     /// Overrides from `EDUBRAIN_EDGE_CITY`, `_MQTT_HOST`, `_MQTT_PORT`, `_KAFKA_BROKERS`,
-    /// `_HTTP_LISTEN`, `_WAL_DIR`, `_MQTT_USERNAME`, `_MQTT_PASSWORD_FILE`.
+    /// `_HTTP_LISTEN`, `_WAL_DIR`, `_MQTT_USERNAME`, `_MQTT_PASSWORD_FILE`,
+    /// `_KAFKA_SASL_PASSWORD_FILE`.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), EdgeError> {
         if let Some(v) = get("EDUBRAIN_EDGE_CITY") {
             self.city = v;
@@ -254,6 +270,12 @@ impl EdgeConfig {
         if let Some(v) = get("EDUBRAIN_EDGE_MQTT_USERNAME") {
             self.mqtt.username = Some(v);
         }
+        if let Some(v) = get("EDUBRAIN_EDGE_KAFKA_SASL_PASSWORD_FILE") {
+            let sasl = self.kafka.sasl.as_mut().ok_or_else(|| {
+                EdgeError::Config("EDUBRAIN_EDGE_KAFKA_SASL_PASSWORD_FILE is set but the config has no [kafka.sasl] section".into())
+            })?;
+            sasl.password_file = v.into();
+        }
         if let Some(v) = get("EDUBRAIN_EDGE_MQTT_PASSWORD_FILE") {
             let pw = std::fs::read_to_string(&v).map_err(|e| EdgeError::Config(format!("EDUBRAIN_EDGE_MQTT_PASSWORD_FILE {v}: {e}")))?;
             self.mqtt.password = Some(pw.trim_end().to_string());
@@ -266,11 +288,13 @@ impl EdgeConfig {
         if let Some(tls) = &self.mqtt.tls {
             tls.client_config().map_err(|e| EdgeError::Config(e.to_string()))?;
         }
-        for key in ["acks", "enable.idempotence", "bootstrap.servers"] {
-            if self.kafka.producer.contains_key(key) {
+        for key in ["acks", "enable.idempotence", "bootstrap.servers"].iter().chain(kafka_security::SECURITY_PROPERTIES) {
+            if self.kafka.producer.contains_key(*key) {
                 return Err(EdgeError::Config(format!("kafka.producer.{key} is set by the edge itself and cannot be overridden")));
             }
         }
+        kafka_security::client_properties(self.kafka.tls.as_ref(), self.kafka.sasl.as_ref())
+            .map_err(|e| EdgeError::Config(e.to_string()))?;
         if self.wal.dir.is_none() {
             return Err(EdgeError::Config(
                 "wal.dir is not set: the edge acknowledges events only once they are in its write-ahead log, so it needs a directory"

@@ -10,6 +10,8 @@
 //! - [`kafka`]: topic creation and the producer.
 //! - [`metrics`]: Prometheus metrics; [`http`]: `/metrics` and `/healthz`.
 //! - [`status`]: the operator's `edubrain-edge status`, read from a running edge's `/metrics`.
+//! - [`replay`]: the operator's `edubrain-edge replay`: dead letters today's rules accept, to
+//!   the events topic.
 //! - [`start`] / [`run`]: wire it together.
 //!
 //! Delivery guarantee. The edge's MQTT session is persistent and acks are manual. Messages are
@@ -28,6 +30,7 @@ pub mod http;
 pub mod kafka;
 pub mod metrics;
 pub mod record;
+pub mod replay;
 pub mod rollup;
 mod ship;
 pub mod status;
@@ -134,7 +137,7 @@ pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Ru
     drop(recovered);
 
     kafka::ensure_topics(
-        &config.kafka.brokers,
+        &config.kafka,
         &[
             (&config.kafka.events_topic, config.kafka.partitions),
             (&config.kafka.deadletter_topic, config.kafka.partitions.clamp(1, 3)),
@@ -167,7 +170,7 @@ pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Ru
             .map(|topic| metrics.kafka_delivered.with_label_values(&[topic.as_str()])),
     };
     let shipper = tokio::spawn(shipper.run(hot_rx, committed_rx, confirm_tx, ship_stop.clone(), Duration::from_secs(10)));
-    let policy = ValidationPolicy { max_clock_ahead: chrono::Duration::hours(config.max_clock_ahead_hours), ..ValidationPolicy::default() };
+    let policy = config.validation_policy();
     let limiter = TerminalRateLimiter::new(config.rate_limit.limit());
     let rollups = Rollups::new(config.rollup.windows(), Utc::now());
     let pump = Pump {

@@ -5,8 +5,12 @@
 //! - [`shutdown_on_signals`]: a token cancelled on SIGINT (Ctrl-C) or SIGTERM (systemd,
 //!   Kubernetes), so components drain in-flight work instead of dying mid-write.
 //! - [`mqtt_tls`]: MQTT over TLS with client certificates (the edge and the terminal agent).
+//! - [`kafka_security`]: Kafka over TLS and SASL/SCRAM (the edge and the cloud).
+//! - [`progress`]: the progress bar of an operator's backfill or replay.
 
+pub mod kafka_security;
 pub mod mqtt_tls;
+pub mod progress;
 
 use tokio_util::sync::CancellationToken;
 
