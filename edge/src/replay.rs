@@ -68,9 +68,7 @@ pub fn reconsider(city: &str, header: impl Fn(&str) -> Option<String>, payload: 
         return Verdict::NotReplayable("event_id_conflict");
     }
     let Some(topic) = header("edubrain.mqtt_topic") else { return Verdict::NotReplayable("no_mqtt_topic") };
-    let Some(received) =
-        header("edubrain.received_ms").and_then(|ms| ms.parse::<i64>().ok()).and_then(|ms| Utc.timestamp_millis_opt(ms).single())
-    else {
+    let Some(received) = received_at(&header) else {
         return Verdict::NotReplayable("no_received_time");
     };
     match check(city, &topic, payload, received, policy) {
@@ -85,6 +83,11 @@ pub fn reconsider(city: &str, header: impl Fn(&str) -> Option<String>, payload: 
         }
         Err(rejection) => Verdict::StillRejected(rejection),
     }
+}
+
+/// When the edge first received the message (its `edubrain.received_ms` header).
+fn received_at(header: &impl Fn(&str) -> Option<String>) -> Option<DateTime<Utc>> {
+    header("edubrain.received_ms").and_then(|ms| ms.parse::<i64>().ok()).and_then(|ms| Utc.timestamp_millis_opt(ms).single())
 }
 
 /// Where a replay is, for a progress bar, and its final counts.
@@ -225,9 +228,7 @@ pub async fn run(
             .map(|h| h.iter().filter_map(|h| Some((h.key.to_string(), String::from_utf8(h.value?.to_vec()).ok()?))).collect())
             .unwrap_or_default();
         let header = |name: &str| headers.get(name).cloned();
-        let received =
-            header("edubrain.received_ms").and_then(|ms| ms.parse::<i64>().ok()).and_then(|ms| Utc.timestamp_millis_opt(ms).single());
-        let in_range = received.is_none_or(|t| options.from.is_none_or(|from| t >= from) && options.to.is_none_or(|to| t < to));
+        let in_range = received_at(&header).is_none_or(|t| options.from.is_none_or(|from| t >= from) && options.to.is_none_or(|to| t < to));
         let rule_selected = options.rules.is_empty() || header("edubrain.rule").is_some_and(|r| options.rules.contains(&r));
         if !in_range || !rule_selected {
             progress.not_selected += 1;
