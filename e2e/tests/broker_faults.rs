@@ -212,3 +212,65 @@ async fn a_duplicate_storm_of_forced_reconnects_keeps_each_event_once() {
     assert_eq!(c.in_warehouse, c.created);
     assert_eq!(c.acked_by_edge, c.created);
 }
+
+/// An edge (re)started while Kafka is down still takes its city's events: after a short wait
+/// for the brokers it opens for business, acknowledges into its WAL, and creates the topics and
+/// ships the WAL once Kafka is back. Before, it waited at start-up for Kafka and acknowledged
+/// nothing meanwhile, leaving the whole city's events in the terminals' outboxes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_started_while_kafka_is_down_acknowledges_into_its_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = ProvinceSpec { seed: 8, cities: 1, alliances_per_city: 1, schools_per_alliance: 2, classrooms_per_school: 2 };
+    let p = province::build(&spec);
+    let mosquitto = Mosquitto::start(&dir.path().join("mosquitto"), &broker_users(&p, DEMO_PROVISIONING_SECRET)).unwrap();
+    let mut tansu = Tansu::start(&dir.path().join("tansu"), Storage::Sqlite).unwrap();
+    tansu.kill9();
+    let sim = edubrain_agent::SimulationSpec::one_day(NaiveDate::from_ymd_opt(2026, 11, 16).unwrap(), 8);
+    let events = simulate::simulate(&p, &sim);
+    let ids: BTreeSet<String> = events.iter().map(|e| e.header.event_id.to_string()).collect();
+
+    let shutdown = CancellationToken::new();
+    let mut edge_config = EdgeConfig::on_loopback("c01", mosquitto.port, &tansu.bootstrap(), &dir.path().join("edge-wal"));
+    edge_config.login_with(DEMO_PROVISIONING_SECRET);
+    let started = tokio::time::Instant::now();
+    let edge = edubrain_edge::start(edge_config, shutdown.clone()).await.expect("the edge starts without Kafka");
+    let startup = started.elapsed();
+    edubrain_e2e::wait_subscribed(&edge).await;
+    let target = MqttTarget::new("127.0.0.1", mosquitto.port).with_secret(DEMO_PROVISIONING_SECRET);
+    let pacing = Pacing { sim_start: chrono::Utc::now(), wall_start: tokio::time::Instant::now(), speed: f64::INFINITY };
+    let summary = edubrain_agent::publish_all_durable(
+        &target,
+        events.clone(),
+        pacing,
+        &dir.path().join("outbox"),
+        &Default::default(),
+        Arc::new(PublishProgress::default()),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.acked, summary.created, "every event acknowledged with Kafka down");
+    let held = edge.metrics.wal_unconfirmed_records.get();
+    assert!(held >= summary.created as i64, "the WAL holds them: {held}");
+
+    tansu.restart().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while edge.metrics.wal_unconfirmed_records.get() != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the WAL did not drain: {}", edge.metrics.wal_unconfirmed_records.get());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let in_kafka: Vec<String> = edubrain_e2e::read_to_end(&tansu.bootstrap(), edubrain_schemas::topics::KAFKA_EVENTS_TOPIC)
+        .await
+        .iter()
+        .map(|(payload, _)| serde_json::from_slice::<serde_json::Value>(payload).unwrap()["event_id"].as_str().unwrap().to_string())
+        .collect();
+    eprintln!(
+        "edge started without Kafka in {startup:?}; {} events acknowledged into the WAL ({held} records held); Kafka back: {} in Kafka",
+        summary.created,
+        in_kafka.len()
+    );
+    assert_eq!(in_kafka.len(), ids.len(), "each event once");
+    assert_eq!(in_kafka.into_iter().collect::<BTreeSet<_>>(), ids);
+    shutdown.cancel();
+    edge.wait().await.unwrap();
+}

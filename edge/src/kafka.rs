@@ -1,5 +1,5 @@
-//! Kafka side of the edge: topic creation at start-up (Tansu does not auto-create topics) and
-//! the idempotent, `acks=all` producer, both over the configured TLS and SASL.
+//! Kafka side of the edge: topic creation (Tansu does not auto-create topics) and the
+//! idempotent, `acks=all` producer, both over the configured TLS and SASL.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -54,8 +54,36 @@ impl ClientContext for StartupContext {
     }
 }
 
-/// Creates each topic unless it exists. Retries while the broker is still starting.
-pub async fn ensure_topics(config: &KafkaConfig, topics: &[(&str, i32)], replication: i32) -> Result<(), EdgeError> {
+/// The topics the edge produces to: (name, partitions), and their replication factor.
+#[derive(Debug, Clone)]
+pub(crate) struct Topics {
+    pub names: Vec<(String, i32)>,
+    pub replication: i32,
+}
+
+impl Topics {
+    pub fn of(config: &KafkaConfig) -> Self {
+        let names = vec![
+            (config.events_topic.clone(), config.partitions),
+            (config.deadletter_topic.clone(), config.partitions.clamp(1, 3)),
+            (config.rollups_topic.clone(), config.partitions.clamp(1, 3)),
+        ];
+        Topics { names, replication: config.replication }
+    }
+}
+
+/// Whether the topics exist, or the brokers could not be reached within the patience given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TopicsReady {
+    Yes,
+    Unreachable(String),
+}
+
+/// Creates each topic unless it exists, retrying while the brokers are unreachable or still
+/// starting, for `patience` (`None`: until they answer). A refused login or TLS handshake is an
+/// error at once ([`EdgeError::KafkaRefused`]): retrying cannot fix it.
+pub(crate) async fn ensure_topics(config: &KafkaConfig, topics: &Topics, patience: Option<Duration>) -> Result<TopicsReady, EdgeError> {
+    let started = tokio::time::Instant::now();
     let brokers = &config.brokers;
     let admin: AdminClient<DefaultClientContext> =
         client_config(config)?.create().map_err(|e| EdgeError::Kafka(format!("admin client for {brokers}: {e}")))?;
@@ -65,15 +93,16 @@ pub async fn ensure_topics(config: &KafkaConfig, topics: &[(&str, i32)], replica
         .create_with_context(StartupContext::default())
         .map_err(|e| EdgeError::Kafka(format!("probe client for {brokers}: {e}")))?;
     let new: Vec<NewTopic<'_>> =
-        topics.iter().map(|(name, parts)| NewTopic::new(name, *parts, TopicReplication::Fixed(replication))).collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        topics.names.iter().map(|(name, parts)| NewTopic::new(name, *parts, TopicReplication::Fixed(topics.replication))).collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))).request_timeout(Some(Duration::from_secs(10)));
     let refused = || {
         probe.poll(Duration::ZERO);
         let refusal = probe.context().refused.lock().expect("refusal lock").take();
-        refusal.map(|r| EdgeError::Kafka(format!("{brokers} refused the edge's {}: {r}", credentials(config))))
+        refusal.map(|r| EdgeError::KafkaRefused(format!("{brokers} refused the edge's {}: {r}", credentials(config))))
     };
     let mut last = String::new();
-    for attempt in 0..30 {
+    let mut pause = Duration::from_millis(500);
+    for attempt in 0u64.. {
         // A refused login or handshake surfaces in the context long before the request times
         // out, so it is watched while the request waits.
         let request = admin.create_topics(&new, &opts);
@@ -84,6 +113,12 @@ pub async fn ensure_topics(config: &KafkaConfig, topics: &[(&str, i32)], replica
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {
                     if let Some(refusal) = refused() {
                         return Err(refusal);
+                    }
+                    // A request to brokers that are down waits for its own timeout; patience
+                    // ends sooner.
+                    if patience.is_some_and(|p| started.elapsed() >= p) {
+                        let waited = if last.is_empty() { "no answer yet".to_string() } else { last };
+                        return Ok(TopicsReady::Unreachable(format!("{brokers}: {waited} after {:?}", started.elapsed())));
                     }
                 }
             }
@@ -101,7 +136,7 @@ pub async fn ensure_topics(config: &KafkaConfig, topics: &[(&str, i32)], replica
                     }
                 }
                 if !pending {
-                    return Ok(());
+                    return Ok(TopicsReady::Yes);
                 }
             }
             Err(e) => last = format!("create_topics on {brokers}: {e}"),
@@ -109,10 +144,17 @@ pub async fn ensure_topics(config: &KafkaConfig, topics: &[(&str, i32)], replica
         if let Some(refusal) = refused() {
             return Err(refusal);
         }
+        if patience.is_some_and(|p| started.elapsed() >= p) {
+            return Ok(TopicsReady::Unreachable(last));
+        }
         tracing::debug!(attempt, error = %last, "topics not ready yet");
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(pause).await;
+        // Waiting for a broker that is down: try less often, up to every 5 s.
+        if patience.is_none() {
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
     }
-    Err(EdgeError::Kafka(last))
+    Err(EdgeError::Kafka(format!("gave up creating topics: {last}")))
 }
 
 /// The producer: idempotent (no duplicates or reordering from librdkafka's own retries) and

@@ -60,12 +60,18 @@ use rollup::{Observed, Rollups};
 use ship::{Committed, Shipper};
 use throttle::{Admission, TerminalRateLimiter};
 
+/// How long start-up waits for the Kafka brokers to answer before it goes on without them.
+const STARTUP_KAFKA_PATIENCE: Duration = Duration::from_secs(10);
+
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
     #[error("config: {0}")]
     Config(String),
     #[error("kafka: {0}")]
     Kafka(String),
+    /// The brokers refused the edge's login or TLS handshake: fatal, retrying cannot help.
+    #[error("kafka: {0}")]
+    KafkaRefused(String),
     #[error("mqtt: {0}")]
     Mqtt(String),
     #[error("WAL: {0}")]
@@ -136,16 +142,18 @@ pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Ru
     }
     drop(recovered);
 
-    kafka::ensure_topics(
-        &config.kafka,
-        &[
-            (&config.kafka.events_topic, config.kafka.partitions),
-            (&config.kafka.deadletter_topic, config.kafka.partitions.clamp(1, 3)),
-            (&config.kafka.rollups_topic, config.kafka.partitions.clamp(1, 3)),
-        ],
-        config.kafka.replication,
-    )
-    .await?;
+    // A refused login stops the edge here, naming the cause. Brokers that are merely down do
+    // not: the edge starts taking events into its WAL, and the shipper creates the topics when
+    // the brokers are back (terminals should not have to hold a city's events because Kafka
+    // was away when the edge restarted).
+    let topics = kafka::Topics::of(&config.kafka);
+    let topics_pending = match kafka::ensure_topics(&config.kafka, &topics, Some(STARTUP_KAFKA_PATIENCE)).await? {
+        kafka::TopicsReady::Yes => None,
+        kafka::TopicsReady::Unreachable(last) => {
+            tracing::warn!(brokers = %config.kafka.brokers, error = %last, "Kafka is unreachable: taking events into the WAL; the topics are created and the WAL shipped when it is back");
+            Some(topics)
+        }
+    };
     let producer = kafka::producer(&config.kafka)?;
     let listener = tokio::net::TcpListener::bind(&config.http_listen)
         .await
@@ -166,6 +174,7 @@ pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Ru
         max_record_bytes: options.max_record_bytes,
         metrics: metrics.clone(),
         start: ship_from,
+        topics_pending,
         delivered: [&config.kafka.events_topic, &config.kafka.deadletter_topic, &config.kafka.rollups_topic]
             .map(|topic| metrics.kafka_delivered.with_label_values(&[topic.as_str()])),
     };

@@ -44,6 +44,8 @@ pub(crate) struct Shipper {
     pub metrics: EdgeMetrics,
     /// First sequence number to ship (the oldest unconfirmed record at start-up).
     pub start: u64,
+    /// Topics to create before shipping, when the brokers were unreachable at start-up.
+    pub topics_pending: Option<kafka::Topics>,
     /// `kafka_delivered_total` of each [`Destination`], in its order, resolved once rather
     /// than per delivery.
     pub delivered: [prometheus::IntCounter; 3],
@@ -62,6 +64,16 @@ impl Shipper {
         stop: CancellationToken,
         drain_for: Duration,
     ) -> Result<(), EdgeError> {
+        if let Some(topics) = self.topics_pending.take() {
+            tokio::select! {
+                ready = kafka::ensure_topics(&self.kafka, &topics, None) => {
+                    ready?;
+                    tracing::info!(brokers = %self.kafka.brokers, "Kafka is back: topics ready, shipping the WAL");
+                }
+                // Everything committed stays in the WAL for the next start.
+                _ = stop.cancelled() => return Ok(()),
+            }
+        }
         let mut cursor = self.start;
         let mut in_flight: FuturesUnordered<Delivery> = FuturesUnordered::new();
         let mut unconfirmed: BTreeSet<u64> = BTreeSet::new();
