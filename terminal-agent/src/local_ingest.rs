@@ -214,35 +214,36 @@ async fn ingest(State(s): State<Arc<LocalIngest>>, body: Bytes) -> impl IntoResp
         }
     }
     let batch: Vec<(Uuid, Vec<u8>)> = good.iter().map(|(_, p)| (p.event_id, p.bytes.clone())).collect();
-    let written = match push_to_outbox(&s.outbox, batch).await {
-        Ok(w) => w,
+    let pushed = match push_to_outbox(&s.outbox, batch).await {
+        Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, "outbox write failed");
             return (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({"error": format!("the outbox could not be written: {e}")})));
         }
     };
-    let n_written = written.len();
-    s.counters.accepted.fetch_add(n_written as u64, Ordering::Relaxed);
-    s.counters.refused_full.fetch_add((good.len() - n_written) as u64, Ordering::Relaxed);
-    let full_error = (n_written < good.len()).then(|| s.outbox.lock().expect("outbox lock").full_error().to_string());
-    let _ = s.fresh.send(written);
+    // Taken: written now, or already held from an earlier hand-in of the same id (a retry).
+    let n_taken = pushed.taken;
+    s.counters.accepted.fetch_add(pushed.written.len() as u64, Ordering::Relaxed);
+    s.counters.refused_full.fetch_add((good.len() - n_taken) as u64, Ordering::Relaxed);
+    let full_error = (n_taken < good.len()).then(|| s.outbox.lock().expect("outbox lock").full_error().to_string());
+    let _ = s.fresh.send(pushed.written);
     for (i, (index, p)) in good.iter().enumerate() {
-        results[*index] = if i < n_written {
+        results[*index] = if i < n_taken {
             json!({"index": index, "status": "accepted", "event_id": p.event_id})
         } else {
             json!({"index": index, "status": "outbox_full", "event_id": p.event_id, "error": full_error})
         };
     }
-    let status = if n_written < good.len() {
+    let status = if n_taken < good.len() {
         StatusCode::INSUFFICIENT_STORAGE
     } else if rejected == 0 {
         StatusCode::ACCEPTED
-    } else if n_written == 0 {
+    } else if n_taken == 0 {
         StatusCode::UNPROCESSABLE_ENTITY
     } else {
         StatusCode::MULTI_STATUS
     };
-    (status, axum::Json(json!({"accepted": n_written, "rejected": rejected, "results": results})))
+    (status, axum::Json(json!({"accepted": n_taken, "rejected": rejected, "results": results})))
 }
 
 fn keep_rejected(path: &std::path::Path, lines: &[String]) -> std::io::Result<()> {

@@ -51,6 +51,16 @@ impl OutboxConfig {
 /// An event in the outbox: its id and its encoded bytes (shared with the MQTT client).
 pub type OutboxEvent = (Uuid, Arc<Vec<u8>>);
 
+/// What [`Outbox::push`] did with a batch.
+#[derive(Debug, Default)]
+pub struct Pushed {
+    /// Events written now (to be sent).
+    pub written: Vec<OutboxEvent>,
+    /// How many of the batch, from its start, are in the outbox: written now or already
+    /// pending. The rest were refused because the outbox is full.
+    pub taken: usize,
+}
+
 #[derive(Debug)]
 struct Pending {
     event_id: Uuid,
@@ -104,29 +114,33 @@ impl Outbox {
     }
 
     /// Writes `events` (validated, encoded events with their ids) durably, with one fsync for
-    /// the batch, and returns those written. Fewer than given means the outbox is full: the
-    /// rest were refused (see the module's policy) and [`Outbox::is_full_for`] says when there
-    /// is room again.
-    pub fn push(&mut self, events: Vec<(Uuid, Vec<u8>)>) -> Result<Vec<OutboxEvent>, AgentError> {
+    /// the batch. The first [`Pushed::taken`] of them are in the outbox, written now or already
+    /// pending; fewer than given means the outbox is full: the rest were refused (see the
+    /// module's policy) and [`Outbox::is_full_for`] says when there is room again.
+    pub fn push(&mut self, events: Vec<(Uuid, Vec<u8>)>) -> Result<Pushed, AgentError> {
         let dir = self.wal.dir().to_path_buf();
-        let mut written = Vec::with_capacity(events.len());
+        let mut pushed = Pushed { written: Vec::with_capacity(events.len()), taken: 0 };
         for (id, payload) in events {
             if self.by_id.contains_key(&id) {
-                continue; // already pending: the same event handed in twice
+                // Already pending: handed in again, e.g. retried by software whose answer was
+                // lost to a crash. It is held (and will be sent); not written twice.
+                pushed.taken += 1;
+                continue;
             }
             match self.wal.append(&payload) {
                 Ok(seq) => {
                     let payload = Arc::new(payload);
                     self.by_id.insert(id, seq);
                     self.pending.insert(seq, Pending { event_id: id, payload: payload.clone(), last_sent: None, retry_at: None });
-                    written.push((id, payload));
+                    pushed.written.push((id, payload));
+                    pushed.taken += 1;
                 }
                 Err(WalError::Full { .. }) => break,
                 Err(e) => return Err(wal_err(&dir)(e)),
             }
         }
         self.wal.commit().map_err(wal_err(&dir))?;
-        Ok(written)
+        Ok(pushed)
     }
 
     /// Whether an event of `len` bytes would be refused now.
@@ -319,7 +333,7 @@ mod tests {
     fn events_already_sent_by_a_resend_are_not_handed_over_again() {
         let dir = tempfile::tempdir().unwrap();
         let mut o = Outbox::open(dir.path(), &config()).unwrap();
-        let written = o.push((1..=3).map(ev).collect()).unwrap();
+        let written = o.push((1..=3).map(ev).collect()).unwrap().written;
         o.mark_sent([Uuid::from_u128(2)], Instant::now());
         let ids: Vec<u128> = o.unsent(written).iter().map(|(id, _)| id.as_u128()).collect();
         assert_eq!(ids, vec![1, 3]);
@@ -332,7 +346,7 @@ mod tests {
         let mut i = 0;
         loop {
             i += 1;
-            if o.push(vec![ev(i)]).unwrap().is_empty() {
+            if o.push(vec![ev(i)]).unwrap().taken == 0 {
                 break;
             }
         }
@@ -342,6 +356,24 @@ mod tests {
         assert_eq!(o.len() as u128, i - 1, "everything before the refusal is kept");
         let acked: Vec<Uuid> = (1..i / 2).map(Uuid::from_u128).collect();
         o.ack(&EdgeAck { durable: acked, ..EdgeAck::default() }, Instant::now()).unwrap();
-        assert_eq!(o.push(vec![ev(i)]).unwrap().len(), 1, "room again after acks freed a segment");
+        assert_eq!(o.push(vec![ev(i)]).unwrap().written.len(), 1, "room again after acks freed a segment");
+    }
+
+    /// The agent killed after writing a batch and before answering: the software sends the
+    /// same batch again. Its events are held, not refused as if the outbox were full, and not
+    /// written twice.
+    #[test]
+    fn a_batch_handed_in_again_after_a_crash_is_taken_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let batch = || (1..=3).map(ev).collect::<Vec<_>>();
+        let first = Outbox::open(dir.path(), &config()).unwrap().push(batch()).unwrap();
+        assert_eq!((first.written.len(), first.taken), (3, 3));
+        let mut reopened = Outbox::open(dir.path(), &config()).unwrap();
+        let mut again = batch();
+        again.push(ev(4));
+        let second = reopened.push(again).unwrap();
+        assert_eq!(second.taken, 4, "all four are held");
+        assert_eq!(second.written.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![Uuid::from_u128(4)], "only the new one written");
+        assert_eq!(reopened.len(), 4);
     }
 }

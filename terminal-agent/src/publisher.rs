@@ -34,11 +34,18 @@ pub struct MqttTarget {
     /// name is its login); see `edubrain_process::mqtt_tls`.
     #[serde(default)]
     pub tls: Option<edubrain_process::mqtt_tls::MqttTls>,
+    /// MQTT keepalive: the broker drops a terminal it hears nothing from for 1.5 times this.
+    #[serde(default = "default_keepalive_secs")]
+    pub keepalive_secs: u64,
+}
+
+fn default_keepalive_secs() -> u64 {
+    20
 }
 
 impl MqttTarget {
     pub fn new(host: &str, port: u16) -> Self {
-        Self { host: host.into(), port, provisioning_secret: None, password: None, tls: None }
+        Self { host: host.into(), port, provisioning_secret: None, password: None, tls: None, keepalive_secs: default_keepalive_secs() }
     }
 
     pub fn with_secret(mut self, secret: &str) -> Self {
@@ -50,7 +57,10 @@ impl MqttTarget {
     /// packets up to the broker's 64 KiB limit.
     fn terminal_options(&self, topic: &TerminalTopic) -> Result<MqttOptions, AgentError> {
         let mut opts = self.options(&terminal_username(topic))?;
-        opts.set_keep_alive(Duration::from_secs(20)).set_clean_session(true).set_inflight(64).set_max_packet_size(64 * 1024, 64 * 1024);
+        opts.set_keep_alive(Duration::from_secs(self.keepalive_secs))
+            .set_clean_session(true)
+            .set_inflight(64)
+            .set_max_packet_size(64 * 1024, 64 * 1024);
         Ok(opts)
     }
 
@@ -185,7 +195,7 @@ pub async fn publish_terminal(
 /// PUBACKs. For tests of bad input and of the broker's ACL.
 pub async fn publish_raw(target: &MqttTarget, username: &str, topic: &str, payloads: Vec<Vec<u8>>) -> Result<(), AgentError> {
     let mut opts = target.options(username)?;
-    opts.set_keep_alive(Duration::from_secs(20)).set_max_packet_size(1024 * 1024, 1024 * 1024);
+    opts.set_keep_alive(Duration::from_secs(target.keepalive_secs)).set_max_packet_size(1024 * 1024, 1024 * 1024);
     let (client, mut eventloop) = AsyncClient::new(opts, 64);
     let total = payloads.len();
     let sender = {
@@ -261,10 +271,11 @@ pub async fn publish_terminal_durable(
                 next += 1;
             }
             let n = batch.len();
-            let written = push_to_outbox(&outbox, batch).await?;
-            if written.len() < n {
+            let pushed = push_to_outbox(&outbox, batch).await?;
+            let written = pushed.written;
+            if pushed.taken < n {
                 // Full: keep the refused events (the simulator's classroom waits) and retry.
-                next -= n - written.len();
+                next -= n - pushed.taken;
                 progress.outbox_full.fetch_add(1, Ordering::Relaxed);
                 if !full_logged {
                     tracing::warn!(error = %outbox.lock().expect("outbox lock").full_error(), "outbox full; waiting for acks");
@@ -285,12 +296,12 @@ pub async fn publish_terminal_durable(
     Ok(acked)
 }
 
-/// Writes `batch` to the outbox (one fsync) off the async threads; returns what was written
+/// Writes `batch` to the outbox (one fsync) off the async threads; returns what it took
 /// (less than given when the outbox is full).
 pub async fn push_to_outbox(
     outbox: &Arc<std::sync::Mutex<crate::outbox::Outbox>>,
     batch: Vec<(uuid::Uuid, Vec<u8>)>,
-) -> Result<Vec<crate::outbox::OutboxEvent>, AgentError> {
+) -> Result<crate::outbox::Pushed, AgentError> {
     let ob = outbox.clone();
     tokio::task::spawn_blocking(move || ob.lock().expect("outbox lock").push(batch))
         .await
