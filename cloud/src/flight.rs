@@ -160,6 +160,8 @@ impl FlightSql {
         let p = self.principal(&request).await?;
         let client = request.remote_addr().map(|a| a.to_string());
         let w = self.warehouse(&p).await?;
+        // Held until the stream ends: the files it lists stay in place (`StreamLeases`).
+        let lease = w.stream_leases().lease().await;
         let planned = match self.plan(&w, &sql).await {
             Ok(df) => df.execute_stream().await.map_err(|e| Status::invalid_argument(format!("sql: {e}"))),
             Err(e) => Err(e),
@@ -177,9 +179,12 @@ impl FlightSql {
         // through a small channel: the client's pace is the query's pace, and the audit record
         // is written when the stream ends, with its outcome.
         let (tx, rx) = mpsc::channel::<Result<RecordBatch, FlightError>>(2);
+        // The error that ends a stream whose client stopped reading (the channel is full then).
+        let (late_tx, late_rx) = tokio::sync::oneshot::channel::<FlightError>();
         let (max_rows, timeout) = (self.limits.max_rows, Duration::from_millis(self.limits.timeout_ms));
         let this = self.clone();
         tokio::spawn(async move {
+            let _lease = lease;
             let deadline = tokio::time::Instant::now() + timeout;
             let mut batches = batches;
             let (mut rows, mut failure): (usize, Option<Status>) = (0, None);
@@ -200,12 +205,24 @@ impl FlightSql {
                     }
                 };
                 match next {
-                    Ok(batch) => {
-                        if tx.send(Ok(batch)).await.is_err() {
+                    // A client that stops reading holds the stream's lease, and so maintenance,
+                    // up to the time limit only.
+                    Ok(batch) => match tokio::time::timeout_at(deadline, tx.send(Ok(batch))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => {
                             failure = Some(Status::cancelled("client went away"));
                             break;
                         }
-                    }
+                        Err(_) => {
+                            let status = Status::deadline_exceeded(format!(
+                                "the client did not read the result within the time limit of {} ms",
+                                timeout.as_millis()
+                            ));
+                            let _ = late_tx.send(FlightError::Tonic(Box::new(status.clone())));
+                            failure = Some(status);
+                            break;
+                        }
+                    },
                     Err(status) => {
                         let _ = tx.send(Err(FlightError::Tonic(Box::new(status.clone())))).await;
                         failure = Some(status);
@@ -216,7 +233,13 @@ impl FlightSql {
             this.audit_sql(&p, client, &sql, failure.is_none(), started.elapsed().as_secs_f64()).await;
             this.count(started, &failure.as_ref().map_or(Ok(()), Err));
         });
-        let batches = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
+        let batches = futures::stream::unfold((rx, Some(late_rx)), |(mut rx, late)| async move {
+            match rx.recv().await {
+                Some(b) => Some((b, (rx, late))),
+                // Never a silently short result: a late error ends the stream as an error.
+                None => late?.await.ok().map(|e| (Err(e), (rx, None))),
+            }
+        });
         let stream = FlightDataEncoderBuilder::new().with_schema(schema).build(batches).map_err(Status::from);
         Ok(Response::new(Box::pin(stream)))
     }

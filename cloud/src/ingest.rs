@@ -92,6 +92,7 @@ pub async fn run(
     config: CloudConfig,
     root: PathBuf,
     metrics: CloudMetrics,
+    leases: crate::warehouse::StreamLeases,
     progress: watch::Sender<IngestProgress>,
     shutdown: CancellationToken,
 ) -> Result<(), CloudError> {
@@ -146,6 +147,13 @@ pub async fn run(
         if !next_offsets.is_empty() || last_maintenance.elapsed() < Duration::from_secs(config.maintenance.interval_secs) {
             return;
         }
+        // A stream that is reading listed files must not see them swapped: wait for a flush
+        // with no stream open (`StreamLeases`).
+        let Some(_swapping) = leases.try_exclusive() else {
+            metrics.maintenance_deferred.inc();
+            tracing::debug!("warehouse maintenance deferred: a streaming query is reading");
+            return;
+        };
         last_maintenance = std::time::Instant::now();
         let today = Utc::now().with_timezone(&offset).date_naive();
         match crate::maintenance::run(&root, &config.maintenance, today, crate::maintenance::GRACE) {

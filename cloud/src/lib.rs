@@ -164,6 +164,7 @@ pub async fn start(config: CloudConfig, shutdown: CancellationToken) -> Result<R
     // sharing the caller's runtime.
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let ingest_metrics = metrics.clone();
+    let leases = warehouse.stream_leases().clone();
     std::thread::Builder::new()
         .name("edubrain-ingest".into())
         .spawn(move || {
@@ -171,7 +172,9 @@ pub async fn start(config: CloudConfig, shutdown: CancellationToken) -> Result<R
                 .enable_all()
                 .build()
                 .map_err(|e| CloudError::Io { path: "ingest runtime".into(), source: e })
-                .and_then(|rt| rt.block_on(ingest::run(config.clone(), config.warehouse_dir.clone(), ingest_metrics, tx, shutdown)));
+                .and_then(|rt| {
+                    rt.block_on(ingest::run(config.clone(), config.warehouse_dir.clone(), ingest_metrics, leases, tx, shutdown))
+                });
             let _ = done_tx.send(result);
         })
         .map_err(|e| CloudError::Io { path: "ingest thread".into(), source: e })?;

@@ -37,6 +37,8 @@ pub struct CloudMetrics {
     pub maintenance_partitions_compacted: IntCounter,
     pub maintenance_partitions_expired: IntCounter,
     pub maintenance_errors: IntCounter,
+    /// Maintenance runs put off because a streaming (Flight SQL) query was reading.
+    pub maintenance_deferred: IntCounter,
     pub audit_records: IntCounterVec,
     pub audit_write_errors: IntCounter,
 }
@@ -136,6 +138,10 @@ impl CloudMetrics {
             )),
             maintenance_partitions_expired: reg!(IntCounter::new("maintenance_partitions_expired_total", "Days removed by retention")),
             maintenance_errors: reg!(IntCounter::new("maintenance_errors_total", "Failed maintenance runs (retried at the next interval)")),
+            maintenance_deferred: reg!(IntCounter::new(
+                "maintenance_deferred_total",
+                "Maintenance runs put off to a later flush because a streaming query was reading the files"
+            )),
             audit_records: reg!(IntCounterVec::new(
                 Opts::new("audit_records_total", "Audit records written and fsynced, by action (request, sql, denied)"),
                 &["action"]

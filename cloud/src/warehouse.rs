@@ -50,6 +50,30 @@ pub struct Warehouse {
     role: Role,
     memory_limit_bytes: usize,
     query_log: Option<QueryLog>,
+    leases: StreamLeases,
+}
+
+/// Keeps the files a streaming query listed where it listed them until the stream ends.
+///
+/// Compaction swaps a partition's files for a merged one; a query that listed the old files
+/// and then opens one fails. A query that returns its answer only when complete is simply run
+/// again ([`retry_after_swap`]), but a stream that has sent rows cannot be: the client would
+/// get some rows twice. So a streaming query holds a lease from planning until its stream ends,
+/// and maintenance swaps only when it can take every lease's lock exclusively; while a stream
+/// is open, maintenance waits for a later run. Shared by a warehouse and its scoped views.
+#[derive(Debug, Clone, Default)]
+pub struct StreamLeases(Arc<tokio::sync::RwLock<()>>);
+
+impl StreamLeases {
+    /// A lease for one stream; waits only while a swap is in progress (milliseconds).
+    pub async fn lease(&self) -> tokio::sync::OwnedRwLockReadGuard<()> {
+        self.0.clone().read_owned().await
+    }
+
+    /// The right to swap files, if no stream holds a lease now. New leases wait while it is held.
+    pub fn try_exclusive(&self) -> Option<tokio::sync::OwnedRwLockWriteGuard<()>> {
+        self.0.clone().try_write_owned().ok()
+    }
 }
 
 /// The SQL each [`Warehouse::query`] ran, the rows it returned and its seconds, in order (the
@@ -140,7 +164,15 @@ impl Warehouse {
         let files = ctx.read_table(Arc::new(ListingTable::try_new(config)?))?;
         ctx.register_table("events", files.with_column("registry_from", registry.registry_from_expr())?.into_view())?;
         register_registry(&ctx, &registry).await?;
-        Ok(Self { ctx, root: root.to_path_buf(), registry: Arc::new(registry), role: Role::Province, memory_limit_bytes, query_log: None })
+        Ok(Self {
+            ctx,
+            root: root.to_path_buf(),
+            registry: Arc::new(registry),
+            role: Role::Province,
+            memory_limit_bytes,
+            query_log: None,
+            leases: StreamLeases::default(),
+        })
     }
 
     /// The warehouse as `role` sees it: a new session over the same files whose `events`,
@@ -177,6 +209,7 @@ impl Warehouse {
             role: role.clone(),
             memory_limit_bytes: self.memory_limit_bytes,
             query_log: None,
+            leases: self.leases.clone(),
         })
     }
 
@@ -201,6 +234,11 @@ impl Warehouse {
     /// Every registry version (as this warehouse's role sees them).
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The leases streaming queries hold, shared with the ingest's maintenance.
+    pub fn stream_leases(&self) -> &StreamLeases {
+        &self.leases
     }
 
     pub fn context(&self) -> &SessionContext {
@@ -303,6 +341,28 @@ pub fn batches_to_json(batches: &[RecordBatch]) -> Result<Vec<serde_json::Map<St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Maintenance may swap only while no stream holds a lease, and a stream that starts during
+    /// a swap waits for it, then reads the new files.
+    #[tokio::test]
+    async fn swaps_wait_for_open_streams_and_streams_for_a_swap() {
+        let leases = StreamLeases::default();
+        let (a, b) = (leases.lease().await, leases.lease().await);
+        assert!(leases.try_exclusive().is_none(), "two streams are reading");
+        drop(a);
+        assert!(leases.try_exclusive().is_none(), "one stream is still reading");
+        drop(b);
+        let swap = leases.try_exclusive().expect("no stream is reading");
+        let waiting = tokio::spawn({
+            let leases = leases.clone();
+            async move { leases.lease().await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "a stream does not list files while they are being swapped");
+        drop(swap);
+        let _lease = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await.expect("the lease follows the swap").unwrap();
+        assert!(leases.try_exclusive().is_none());
+    }
 
     /// Both shapes in which a vanished file reaches a query: with the io::Error in the chain
     /// (opening the file) and flattened into a string (reading its footer).
