@@ -1,5 +1,5 @@
 //! The HTTP API, described by `cloud/openapi.json` (served at `/api/v1/openapi.json`):
-//! summary, utilisation, gaps, recommendations, zone monitoring, zone partition suggestions and
+//! summary, utilisation, gaps (from the registry, and from events at `/gaps/usage`), recommendations, zone monitoring, zone partition suggestions and
 //! a read-only SQL endpoint,
 //! each as JSON or (`format=csv`) CSV; plus `/metrics` and `/healthz`, and the web dashboard
 //! (`/`, static files from `cloud/web/` built into the binary) that calls these endpoints with
@@ -32,6 +32,7 @@ use tokio::sync::{Mutex, watch};
 use crate::CloudError;
 use crate::access::{AccessControl, Denial, Principal, Role};
 use crate::analytics::gaps::{GapReport, Scope};
+use crate::analytics::usage_gaps::{self, UsageGapReport};
 use crate::analytics::utilisation::{GroupBy, utilisation};
 use crate::analytics::{DateRange, partition, recommend, zones};
 use crate::audit::{AuditAction, AuditLog, AuditRecord};
@@ -86,6 +87,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/summary", get(summary))
         .route("/api/v1/utilisation", get(utilisation_endpoint))
         .route("/api/v1/gaps", get(gaps))
+        .route("/api/v1/gaps/usage", get(usage_gaps_endpoint))
         .route("/api/v1/recommendations", get(recommendations))
         .route("/api/v1/zones", get(zones_endpoint))
         .route("/api/v1/zone-partition", get(zone_partition))
@@ -223,6 +225,16 @@ impl RangeParams {
 
     fn format(&self) -> Result<Format, ApiError> {
         Format::parse(self.format.as_deref())
+    }
+
+    /// The groupings of a gap report: `scope`, else all of them.
+    fn scopes(&self) -> Result<Vec<Scope>, ApiError> {
+        match self.scope.as_deref() {
+            None => Ok(Scope::ALL.to_vec()),
+            Some(x) => {
+                Ok(vec![Scope::parse(x).ok_or_else(|| bad(format!("scope={x:?} is not one of province, city, county, alliance, zone")))?])
+            }
+        }
     }
 
     /// The registry version registry-only analytics use: `school_year`, else the newest.
@@ -370,14 +382,19 @@ async fn utilisation_endpoint(State(s): State<AppState>, Extension(p): Extension
 
 async fn gaps(State(s): State<AppState>, Extension(p): Extension<Principal>, Params(q): Params<RangeParams>) -> Response {
     timed(&s, "gaps", q.format(), "/cv", async {
-        let scopes = match q.scope.as_deref() {
-            None => Scope::ALL.to_vec(),
-            Some(x) => {
-                vec![Scope::parse(x).ok_or_else(|| bad(format!("scope={x:?} is not one of province, city, county, alliance, zone")))?]
-            }
-        };
+        let scopes = q.scopes()?;
         let w = s.warehouse_for(&p.role).await?;
         to_value(GapReport::build(q.schools(&w)?, &scopes, &s.thresholds))
+    })
+    .await
+}
+
+async fn usage_gaps_endpoint(State(s): State<AppState>, Extension(p): Extension<Principal>, Params(q): Params<RangeParams>) -> Response {
+    timed(&s, "usage_gaps", q.format(), "/cv", async {
+        let scopes = q.scopes()?;
+        let w = s.warehouse_for(&p.role).await?;
+        let values = usage_gaps::load(&w, q.range()?, &s.thresholds).await?;
+        to_value(UsageGapReport::build(q.schools(&w)?, &values, &scopes, &s.thresholds))
     })
     .await
 }

@@ -156,6 +156,9 @@ pub struct Thresholds {
     pub funding_cv_alliance: f64,
     /// Urban-rural gap in senior-title teacher share, percentage points (plans: <= 8).
     pub senior_title_gap_pp: f64,
+    /// Teaching-quality difference coefficient (CV of schools' mean assessment scores) inside a
+    /// zone (zone plan: 0.45 -> 0.30).
+    pub teaching_quality_cv_zone: f64,
     /// Timetable hours per school day (8 periods of 45 minutes).
     pub timetable_hours_per_day: f64,
     /// Timetable periods per school day (idle rate counts periods without equipment use).
@@ -177,6 +180,7 @@ impl Default for Thresholds {
             cv_junior: 0.45,
             funding_cv_alliance: 0.15,
             senior_title_gap_pp: 8.0,
+            teaching_quality_cv_zone: 0.30,
             timetable_hours_per_day: 6.0,
             timetable_periods_per_day: 8.0,
             utc_offset_hours: 8,

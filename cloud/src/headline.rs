@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::CloudError;
 use crate::analytics::DateRange;
 use crate::analytics::gaps::{Scope, cv_table};
+use crate::analytics::usage_gaps::{self, UsageGapReport, UsageIndicator};
 use crate::analytics::utilisation::{GroupBy, utilisation as utilisation_rows};
 use crate::analytics::zones;
 use crate::config::{HeadlineConfig, Thresholds, ZoneTargets};
@@ -32,6 +33,7 @@ pub async fn refresh(w: &Warehouse, t: &Thresholds, zt: &ZoneTargets, h: &Headli
         ("idle", "max", t.idle_rate_target),
         ("live_interruption", "max", t.live_interruption_target),
         ("resource_sharing", "min", t.resource_sharing_target),
+        ("teaching_quality_cv", "max", t.teaching_quality_cv_zone),
     ]
     .into_iter()
     .map(|(indicator, bound, target)| (vec![indicator.to_string(), bound.to_string()], target))
@@ -48,6 +50,7 @@ pub async fn refresh(w: &Warehouse, t: &Thresholds, zt: &ZoneTargets, h: &Headli
     }
     let (mut utilisation, mut idle, mut interruption, mut sharing) = (Series::new(), Series::new(), Series::new(), Series::new());
     let (mut visits, mut alerts) = (Series::new(), std::collections::BTreeMap::<String, f64>::new());
+    let (mut electives, mut quality) = (Series::new(), Series::new());
     if let Some(last) = last {
         let range = DateRange { from: last.checked_sub_days(chrono::Days::new(h.window_days.saturating_sub(1) as u64)), to: Some(last) };
         for (by, level) in [(GroupBy::Alliance, "alliance"), (GroupBy::Zone, "zone")] {
@@ -63,6 +66,15 @@ pub async fn refresh(w: &Warehouse, t: &Thresholds, zt: &ZoneTargets, h: &Headli
                         series.push((labels.clone(), v));
                     }
                 }
+                if let Some(share) = row.cross_school_electives.and_then(|e| e.share) {
+                    electives.push((labels, share));
+                }
+            }
+        }
+        let values = usage_gaps::load(w, range, t).await?;
+        for row in UsageGapReport::build(w.schools(), &values, &[Scope::Zone], t).cv {
+            if row.indicator == UsageIndicator::TeachingQuality.name() {
+                quality.push((vec![row.group, row.level.as_str().to_string()], row.cv));
             }
         }
         let report = zones::load(w, range, zt).await?;
@@ -86,6 +98,8 @@ pub async fn refresh(w: &Warehouse, t: &Thresholds, zt: &ZoneTargets, h: &Headli
     replace(&m.headline_live_interruption, interruption);
     replace(&m.headline_resource_sharing, sharing);
     replace(&m.headline_zone_visits_per_school, visits);
+    replace(&m.headline_cross_school_electives, electives);
+    replace(&m.headline_zone_teaching_quality_cv, quality);
     replace(&m.headline_zone_alerts, alerts.into_iter().map(|(zone, n)| (vec![zone], n)).collect());
     m.headline_refreshed.set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
     Ok(())

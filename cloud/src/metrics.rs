@@ -28,6 +28,10 @@ pub struct CloudMetrics {
     pub headline_gaps_over_threshold: GaugeVec,
     pub headline_zone_visits_per_school: GaugeVec,
     pub headline_zone_alerts: GaugeVec,
+    /// Students' elective enrolments in another school's courses / all, per alliance and zone.
+    pub headline_cross_school_electives: GaugeVec,
+    /// CV of schools' mean assessment scores inside each zone, per school level (primary, junior).
+    pub headline_zone_teaching_quality_cv: GaugeVec,
     /// The configured target of each headline ratio, with `bound` min or max, so alert rules
     /// compare against the thresholds the cloud computes with instead of a copy of them.
     pub headline_target: GaugeVec,
@@ -118,6 +122,20 @@ impl CloudMetrics {
             headline_zone_alerts: reg!(GaugeVec::new(
                 Opts::new("headline_zone_alerts", "Zone-monitoring alerts of the newest month and semester"),
                 &["zone"]
+            )),
+            headline_cross_school_electives: reg!(GaugeVec::new(
+                Opts::new(
+                    "headline_cross_school_elective_ratio",
+                    "Students' elective enrolments in another school's courses / all their enrolments, over the headline window"
+                ),
+                &["level", "group"]
+            )),
+            headline_zone_teaching_quality_cv: reg!(GaugeVec::new(
+                Opts::new(
+                    "headline_zone_teaching_quality_cv",
+                    "Enrolment-weighted CV of the zone's schools' mean assessment scores (teaching-quality difference coefficient), over the headline window"
+                ),
+                &["zone", "school_level"]
             )),
             headline_target: reg!(GaugeVec::new(
                 Opts::new(

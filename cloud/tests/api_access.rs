@@ -43,7 +43,7 @@ fn assert_only_visible(endpoint: &str, answer: &Value, v: &Visible) {
                 check(set, by, group);
             }
         }
-        "gaps" => {
+        "gaps" | "gaps/usage" => {
             for r in rows("/cv").into_iter().chain(rows("/senior_title")) {
                 let group = r["group"].as_str().unwrap();
                 match r["scope"].as_str().unwrap() {
@@ -135,7 +135,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 96, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn no_role_ever_sees_a_foreign_row(role in any_role(), endpoint in 0usize..7, by in 0usize..7, sql in 0usize..SQL.len(), pick in any::<prop::sample::Index>()) {
+    fn no_role_ever_sees_a_foreign_row(role in any_role(), endpoint in 0usize..8, by in 0usize..7, sql in 0usize..SQL.len(), pick in any::<prop::sample::Index>()) {
         let f = fixture();
         let (token, v) = (f.token(&role), f.visible(&role));
         let groups = ["school", "alliance", "zone", "county", "city", "classroom", "device"];
@@ -156,6 +156,7 @@ proptest! {
                 prop_assert!(if v.counties.contains(&county) { s == 200 || s == 400 } else { s == 404 }, "{} {}", s, a);
                 ("zone-partition", s, a)
             }
+            6 => { let (s, a, _) = f.get(Some(token), &format!("/api/v1/gaps/usage?scope={}", ["province", "city", "county", "alliance", "zone"][by % 5])); ("gaps/usage", s, a) }
             _ => { let (s, a) = f.sql(token, SQL[sql], None); ("sql", s, a) }
         };
         if (name == "recommendations" || name == "zone-partition") && status == 404 {
@@ -183,10 +184,10 @@ proptest! {
     }
 
     #[test]
-    fn parameter_strings_never_reach_sql(role in any_role(), endpoint in 0usize..6, param in 0usize..10, text in param_text()) {
+    fn parameter_strings_never_reach_sql(role in any_role(), endpoint in 0usize..7, param in 0usize..10, text in param_text()) {
         let f = fixture();
         let (token, v) = (f.token(&role), f.visible(&role));
-        let name = ["utilisation", "gaps", "zones", "summary", "recommendations", "zone-partition"][endpoint];
+        let name = ["utilisation", "gaps", "zones", "summary", "recommendations", "zone-partition", "gaps/usage"][endpoint];
         let key = ["by", "scope", "school", "from", "to", "format", "limit", "county", "k", "school_year"][param];
         let mut url = reqwest::Url::parse(&format!("{}/api/v1/{name}", f.base)).unwrap();
         url.query_pairs_mut().append_pair(key, &text);
@@ -473,7 +474,7 @@ fn openapi_describes_every_operation() {
             }
         }
     }
-    assert_eq!(checked, 11, "operations checked");
+    assert_eq!(checked, 12, "operations checked");
 }
 
 /// The headline gauges carry the API's numbers, labelled only by registry alliances and zones.
@@ -496,6 +497,22 @@ fn headline_gauges_match_the_api() {
         let want = row["utilisation"]["value"].as_f64().unwrap();
         let got = gauge("headline_utilisation_ratio", &labels).unwrap_or_else(|| panic!("no gauge for {labels}:\n{text}"));
         assert!((got - want).abs() < 1e-9, "{labels}: gauge {got}, API {want}");
+        // The fixture's Monday has enrolments in every alliance.
+        {
+            let want = row["cross_school_electives"]["share"].as_f64().unwrap_or_else(|| panic!("no electives: {row}"));
+            let got = gauge("headline_cross_school_elective_ratio", &labels).unwrap_or_else(|| panic!("no elective gauge for {labels}"));
+            assert!((got - want).abs() < 1e-9, "{labels}: gauge {got}, API {want}");
+        }
+    }
+    // The fixture's days all lie in the headline window, so the zone teaching-quality CVs are
+    // the API's over all days.
+    let (_, usage, _) = f.get(Some(f.token(&Role::Province)), "/api/v1/gaps/usage?scope=zone");
+    let quality: Vec<&Value> = usage["cv"].as_array().unwrap().iter().filter(|r| r["indicator"] == "teaching_quality").collect();
+    assert!(!quality.is_empty(), "{usage}");
+    for row in quality {
+        let labels = format!("school_level=\"{}\",zone=\"{}\"", row["level"].as_str().unwrap(), row["group"].as_str().unwrap());
+        let got = gauge("headline_zone_teaching_quality_cv", &labels).unwrap_or_else(|| panic!("no gauge for {labels}:\n{text}"));
+        assert!((got - row["cv"].as_f64().unwrap()).abs() < 1e-9, "{labels}: gauge {got}, API {row}");
     }
     let v = f.visible(&Role::Province);
     for line in text.lines().filter(|l| l.starts_with("edubrain_cloud_headline_") && l.contains('{')) {
@@ -507,7 +524,13 @@ fn headline_gauges_match_the_api() {
                 "group" => assert!(v.alliances.contains(val) || v.zones.contains(val), "{line}"),
                 "zone" => assert!(v.zones.contains(val), "{line}"),
                 "level" => assert!(val == "alliance" || val == "zone", "{line}"),
-                "indicator" => assert!(["utilisation", "idle", "live_interruption", "resource_sharing"].contains(&val), "{line}"),
+                "indicator" => {
+                    assert!(
+                        ["utilisation", "idle", "live_interruption", "resource_sharing", "teaching_quality_cv"].contains(&val),
+                        "{line}"
+                    )
+                }
+                "school_level" => assert!(val == "primary" || val == "junior", "{line}"),
                 "bound" => assert!(val == "min" || val == "max", "{line}"),
                 other => panic!("unexpected label {other} in {line}"),
             }
@@ -520,6 +543,7 @@ fn headline_gauges_match_the_api() {
     let t = Thresholds::default();
     assert_eq!(gauge("headline_target_ratio", "bound=\"min\",indicator=\"utilisation\""), Some(t.utilisation_target));
     assert_eq!(gauge("headline_target_ratio", "bound=\"max\",indicator=\"idle\""), Some(t.idle_rate_target));
+    assert_eq!(gauge("headline_target_ratio", "bound=\"max\",indicator=\"teaching_quality_cv\""), Some(t.teaching_quality_cv_zone));
     assert!(gauge("headline_refresh_timestamp_seconds", "").is_none()); // unlabelled: no braces
     assert!(text.lines().any(|l| l.starts_with("edubrain_cloud_headline_refresh_timestamp_seconds ") && !l.ends_with(" 0")));
 }

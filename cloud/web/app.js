@@ -220,7 +220,15 @@ async function loadSchool() {
   const rates = row ? [["Utilisation", row.utilisation], ["Idle", row.idle_rate], ["Booking no-show", row.booking_no_show_rate], ["Live interruption", row.live_interruption_rate], ["Resource sharing", row.resource_sharing_rate], ["Upload pass", row.upload_pass_rate]] : [];
   $("school-detail").replaceChildren(
     row
-      ? el("div", { class: "kpis" }, rates.map(([k, r]) => el("div", { class: r.meets === false ? "kpi miss" : "kpi" }, el("div", { class: "kpi-value" }, pct(r.value)), el("div", { class: "kpi-label" }, `${k} (target ${pct(r.target)})`))))
+      ? el(
+          "div",
+          { class: "kpis" },
+          rates.map(([k, r]) => el("div", { class: r.meets === false ? "kpi miss" : "kpi" }, el("div", { class: "kpi-value" }, pct(r.value)), el("div", { class: "kpi-label" }, `${k} (target ${pct(r.target)})`))),
+          // The plans set no target for the course supermarket's share: the counts stand beside it.
+          row.cross_school_electives
+            ? el("div", { class: "kpi" }, el("div", { class: "kpi-value" }, pct(row.cross_school_electives.share)), el("div", { class: "kpi-label" }, `Cross-school electives (${row.cross_school_electives.cross_school} of ${row.cross_school_electives.enrolments} enrolments)`))
+            : [],
+        )
       : el("p", { class: "muted" }, "No equipment use recorded for this school in the range."),
   );
   const w = recs.weights || {};

@@ -12,7 +12,7 @@ use edubrain_brokers::{Mosquitto, Storage, Tansu};
 use edubrain_cloud::CloudConfig;
 use edubrain_cloud::analytics::DateRange;
 use edubrain_cloud::analytics::gaps::{GapReport, Scope};
-use edubrain_cloud::analytics::utilisation::{GroupBy, utilisation};
+use edubrain_cloud::analytics::utilisation::{GroupBy, UtilisationRow, utilisation};
 use edubrain_e2e::read_topic;
 use edubrain_edge::EdgeConfig;
 use edubrain_schemas::event::*;
@@ -166,6 +166,22 @@ fn province_events() -> Vec<Event> {
             teacher_id: "c01-sb-t1".into(),
         }),
     ));
+    // The course supermarket: B's students enrol twice in A's elective and once in B's own; one
+    // of A's in A's own.
+    for (room, provider, student, minute) in
+        [(&RB1, "c01-sa", "b-1", 0), (&RB1, "c01-sa", "b-2", 1), (&RB1, "c01-sb", "b-3", 2), (&RA1, "c01-sa", "a-1", 0)]
+    {
+        v.push(ev(
+            &mut n,
+            room,
+            at(8, 16, minute),
+            EventBody::ElectiveEnrolled(ElectiveEnrolled {
+                course_id: format!("{provider}-elective1"),
+                provider_school: provider.into(),
+                student_pseudonym: edubrain_schemas::pseudonym::pseudonymise(b"c01-a1-key", student),
+            }),
+        ));
+    }
     // Math: A scores 80, 80; B scores 60, 60.
     v.push(ev(&mut n, &RA1, at(8, 15, 0), assessment("a-1", 80.0)));
     v.push(ev(&mut n, &RA1, at(8, 15, 1), assessment("a-2", 80.0)));
@@ -287,8 +303,15 @@ async fn every_event_reaches_the_warehouse_exactly_once_and_analytics_match_hand
     assert!(close(a.resource_sharing_rate.value, 1.0 / 3.0), "r1 of r1..r3 was used by another school: {a:?}");
     assert!(close(a.upload_pass_rate.value, 2.0 / 3.0), "{a:?}");
     assert_eq!(a.utilisation.meets, Some(false));
+    // Cross-school electives: B 2 of 3, A 0 of 1, the alliance 2 of 4.
+    let electives = |r: &UtilisationRow| r.cross_school_electives.clone().map(|e| (e.cross_school, e.enrolments, e.share));
+    assert_eq!(electives(b), Some((2, 3, Some(2.0 / 3.0))), "{b:?}");
+    assert_eq!(electives(a), Some((0, 1, Some(0.0))), "{a:?}");
     let alliance = utilisation(wh, GroupBy::Alliance, DateRange::default(), t).await.unwrap();
     assert!(close(alliance[0].utilisation.value, 6.6 / 24.0), "{alliance:?}");
+    assert_eq!(electives(&alliance[0]), Some((2, 4, Some(0.5))), "{alliance:?}");
+    let rooms = utilisation(wh, GroupBy::Classroom, DateRange::default(), t).await.unwrap();
+    assert!(rooms.iter().all(|r| r.cross_school_electives.is_none()), "an enrolment belongs to a school, not a room");
     // A date range that excludes 7 September leaves only A1's second day.
     let later = utilisation(wh, GroupBy::School, DateRange { from: Some(day(8)), to: None }, t).await.unwrap();
     assert!(close(later.iter().find(|r| r.group == "c01-sa").unwrap().utilisation.value, 0.0));
@@ -325,6 +348,18 @@ async fn every_event_reaches_the_warehouse_exactly_once_and_analytics_match_hand
     assert!(body["error"].as_str().unwrap().starts_with("by=\"school;DROP\" is not one of"), "{body}");
     let bad = get(format!("{http}/api/v1/utilisation?from=2026-13-01")).await.unwrap();
     assert_eq!(bad.status(), 400);
+
+    // Gaps from events. Teaching quality: A's mean score 80 (100 pupils), B's 60 (300 pupils):
+    // weighted mean 65, S² = 0.25·15² + 0.75·5² = 75, CV = √75/65 = 0.1332, inside the zone
+    // limit 0.30. Resource visits: A 0, B 1 over 100 and 300 pupils: mean 1/400 per pupil.
+    let usage: serde_json::Value = get(format!("{http}/api/v1/gaps/usage?scope=zone")).await.unwrap().json().await.unwrap();
+    let row = |name: &str| {
+        usage["cv"].as_array().unwrap().iter().find(|r| r["indicator"] == name).cloned().unwrap_or_else(|| panic!("{name}: {usage}"))
+    };
+    let quality = row("teaching_quality");
+    assert!((quality["cv"].as_f64().unwrap() - 75f64.sqrt() / 65.0).abs() < 1e-9, "{quality}");
+    assert_eq!((quality["limit"].as_f64(), quality["meets"].as_bool()), (Some(0.30), Some(true)), "{quality}");
+    assert!((row("resource_visits_per_pupil")["mean"].as_f64().unwrap() - 1.0 / 400.0).abs() < 1e-12, "{usage}");
     let edge_metrics = reqwest::get(format!("http://{}/metrics", edge.http_addr)).await.unwrap().text().await.unwrap();
     let rejected = edge_metrics.lines().find(|l| {
         l.starts_with("edubrain_edge_events_rejected_total{") && l.contains("rule=\"json_syntax\"") && l.contains("city=\"c01\"")

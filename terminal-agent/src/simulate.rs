@@ -50,6 +50,9 @@ pub fn last_school_week(today: NaiveDate) -> NaiveDate {
 struct Sim<'a> {
     province: &'a Province,
     rng: StdRng,
+    /// Draws for own-school elective enrolments, added later: a stream of their own, so that
+    /// every other simulated event (and every evaluation run on them) stayed as it was.
+    own_electives_rng: StdRng,
     events: Vec<Event>,
     pool: Vec<Resource>,
 }
@@ -57,6 +60,10 @@ struct Sim<'a> {
 impl Sim<'_> {
     fn emit(&mut self, room: &Classroom, at: DateTime<FixedOffset>, body: EventBody) {
         let event_id = uuid::Builder::from_random_bytes(self.rng.random()).into_uuid();
+        self.emit_as(event_id, room, at, body);
+    }
+
+    fn emit_as(&mut self, event_id: uuid::Uuid, room: &Classroom, at: DateTime<FixedOffset>, body: EventBody) {
         self.events.push(Event {
             header: Header {
                 event_id,
@@ -86,7 +93,13 @@ fn at(day: NaiveDate, h: u32, m: u32) -> DateTime<FixedOffset> {
 
 /// Simulates `spec.school_days` school days; events come out sorted by event time.
 pub fn simulate(province: &Province, spec: &SimulationSpec) -> Vec<Event> {
-    let mut sim = Sim { province, rng: StdRng::seed_from_u64(spec.seed ^ 0x5eed), events: Vec::new(), pool: province.resources.clone() };
+    let mut sim = Sim {
+        province,
+        rng: StdRng::seed_from_u64(spec.seed ^ 0x5eed),
+        own_electives_rng: StdRng::seed_from_u64(spec.seed ^ 0xe1ec),
+        events: Vec::new(),
+        pool: province.resources.clone(),
+    };
     let mut day = spec.first_day;
     let mut done = 0;
     while done < spec.school_days {
@@ -436,28 +449,43 @@ fn pick_resource(sim: &mut Sim<'_>, school: &SimSchool) -> Option<Resource> {
     sim.pool.last().cloned()
 }
 
+/// Monday enrolments in the course supermarket (课程超市): every school's students enrol in its
+/// own electives (vigorous schools offer more), and students of the weaker schools of an
+/// alliance also in the electives of its strong school.
 fn electives(sim: &mut Sim<'_>, school: &SimSchool, day: NaiveDate) {
     let province = sim.province;
-    if school.strong {
-        return;
-    }
-    let Some(provider) = province.schools.iter().find(|s| s.alliance == school.alliance && s.strong) else { return };
     let key = province.alliance_key(&school.alliance);
     let room = &school.classrooms[school.classrooms.len() - 1];
-    let n = sim.rng.random_range(1..=4);
-    for i in 0..n {
-        let raw_student = format!("{}-stu{:04}", school.id, sim.rng.random_range(0..2000));
-        let t = at(day, 16, 0) + Duration::minutes(i);
-        let course_id = format!("{}-elective{}", provider.id, sim.rng.random_range(1..=6));
-        sim.emit(
+    let enrol = |sim: &mut Sim<'_>, provider: &str, minute: i64| {
+        let rng = if provider == school.id { &mut sim.own_electives_rng } else { &mut sim.rng };
+        let raw_student = format!("{}-stu{:04}", school.id, rng.random_range(0..2000));
+        let course_id = format!("{provider}-elective{}", rng.random_range(1..=6));
+        let event_id = uuid::Builder::from_random_bytes(rng.random()).into_uuid();
+        sim.emit_as(
+            event_id,
             room,
-            t,
+            at(day, 16, 0) + Duration::minutes(minute),
             EventBody::ElectiveEnrolled(ElectiveEnrolled {
                 course_id,
-                provider_school: provider.id.clone(),
+                provider_school: provider.to_string(),
                 student_pseudonym: pseudonymise(&key, &raw_student),
             }),
         );
+    };
+    let provider = province.schools.iter().find(|s| s.alliance == school.alliance && s.strong).filter(|_| !school.strong);
+    let cross = match provider {
+        Some(provider) => {
+            let n = sim.rng.random_range(1..=4);
+            for i in 0..n {
+                enrol(sim, &provider.id, i);
+            }
+            n
+        }
+        None => 0,
+    };
+    let own = 1 + (5.0 * school.vigour).round() as i64;
+    for i in 0..own {
+        enrol(sim, &school.id, cross + i);
     }
 }
 

@@ -198,27 +198,23 @@ pub fn equity_table(schools: &[School]) -> Vec<EquityRow> {
     for level in [Level::Primary, Level::Junior] {
         let members: Vec<&School> = schools.iter().filter(|s| s.level == level).collect();
         for ind in Indicator::STANDARD.into_iter().chain([Indicator::FundingPerPupil]) {
-            let rows: Vec<(f64, f64)> = members.iter().map(|s| (ind.resource(s), s.enrolment as f64)).collect();
-            let by = |key: fn(&School) -> &str| -> Vec<(&str, f64, f64)> {
-                members.iter().map(|s| (key(s), ind.resource(s), s.enrolment as f64)).collect()
-            };
-            let (Some(gini), Some(by_locale), Some(by_alliance)) =
-                (weighted_gini(&rows), theil_decomposition(&by(|s| s.locale.as_str())), theil_decomposition(&by(|s| s.alliance.as_str())))
-            else {
-                continue;
-            };
-            out.push(EquityRow {
-                level,
-                indicator: ind.name(),
-                schools: members.len(),
-                gini,
-                theil: by_locale.total,
-                by_locale,
-                by_alliance,
-            });
+            let rows: Vec<(&School, f64)> = members.iter().map(|s| (*s, ind.resource(s))).collect();
+            out.extend(equity_row(level, ind.name(), &rows));
         }
     }
     out
+}
+
+/// Gini and Theil, split by locale and by alliance, of one indicator over `members` (each school
+/// with its resource total R_i; its enrolment is P_i). `None` where they are undefined.
+pub fn equity_row(level: Level, indicator: &'static str, members: &[(&School, f64)]) -> Option<EquityRow> {
+    let rows: Vec<(f64, f64)> = members.iter().map(|(s, r)| (*r, s.enrolment as f64)).collect();
+    let by =
+        |key: fn(&School) -> &str| -> Vec<(&str, f64, f64)> { members.iter().map(|(s, r)| (key(s), *r, s.enrolment as f64)).collect() };
+    let gini = weighted_gini(&rows)?;
+    let by_locale = theil_decomposition(&by(|s| s.locale.as_str()))?;
+    let by_alliance = theil_decomposition(&by(|s| s.alliance.as_str()))?;
+    Some(EquityRow { level, indicator, schools: members.len(), gini, theil: by_locale.total, by_locale, by_alliance })
 }
 
 /// How schools are grouped for a CV.

@@ -1,8 +1,11 @@
 //! The education analytics (documented in the README's "Analytics" section).
 //!
 //! - [`gaps`]: registry-only gap analysis (pure): enrolment-weighted CV, senior-title gaps.
+//! - [`usage_gaps`]: the same CV, Gini and Theil over indicators derived from events (pure
+//!   core, SQL loader), with the zone plan's teaching-quality limit.
 //! - [`utilisation`]: utilisation, idle, no-show, interruption, sharing and upload-pass rates
-//!   from events, per school / alliance / zone / county / city, each against its target.
+//!   from events, per school / alliance / zone / county / city, each against its target; and
+//!   the cross-school elective share.
 //! - [`recommend`]: resource recommendations with the parts of their score (pure scoring over
 //!   aggregates the warehouse computes).
 //! - [`evaluation`]: offline hit-rate@k / NDCG@k of the recommendations vs a popularity baseline.
@@ -13,6 +16,7 @@ pub mod evaluation;
 pub mod gaps;
 pub mod partition;
 pub mod recommend;
+pub mod usage_gaps;
 pub mod utilisation;
 pub mod zones;
 

@@ -9,7 +9,10 @@
 //! - live interruption rate = streams with at least one interruption / streams started;
 //! - resource sharing rate = share of a group's resources used (viewed or downloaded) by at
 //!   least one school other than the owner;
-//! - upload pass rate = uploads that passed review / uploads.
+//! - upload pass rate = uploads that passed review / uploads;
+//! - cross-school elective share = a group's students' elective enrolments in another school's
+//!   courses (the course supermarket, 课程超市) / all their elective enrolments. The plans set no
+//!   figure for it, so it is reported without a target.
 //!
 //! Events are grouped by the registry version of their own date (`registry_from`), so a school
 //! that moved to another alliance or zone counts with the one it belonged to at the time.
@@ -109,6 +112,24 @@ pub struct UtilisationRow {
     pub live_interruption_rate: Rate,
     pub resource_sharing_rate: Rate,
     pub upload_pass_rate: Rate,
+    /// Absent below the school: an enrolment belongs to the school, not to a room.
+    pub cross_school_electives: Option<ElectiveShare>,
+}
+
+/// Elective enrolments of a group's students, and the share of them in another school's courses.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ElectiveShare {
+    /// `cross_school / enrolments`; `None` without enrolments.
+    pub share: Option<f64>,
+    pub cross_school: u64,
+    pub enrolments: u64,
+}
+
+impl ElectiveShare {
+    fn new(cross_school: u64, enrolments: u64) -> Self {
+        let share = (enrolments > 0).then(|| cross_school as f64 / enrolments as f64);
+        ElectiveShare { share, cross_school, enrolments }
+    }
 }
 
 type Metric = BTreeMap<String, Vec<Option<f64>>>;
@@ -193,6 +214,7 @@ pub async fn utilisation(w: &Warehouse, by: GroupBy, range: DateRange, t: &Thres
                     live_interruption_rate: none(t.live_interruption_target, false),
                     resource_sharing_rate: none(t.resource_sharing_target, true),
                     upload_pass_rate: none(t.upload_pass_rate_target, true),
+                    cross_school_electives: None,
                 }
             })
             .collect());
@@ -264,7 +286,20 @@ pub async fn utilisation(w: &Warehouse, by: GroupBy, range: DateRange, t: &Thres
         1,
     )
     .await?;
+    // The enrolment happens in the student's own school (`school`), for a course of `provider_school`.
+    let electives = metric(
+        w,
+        &format!(
+            "SELECT s.{g} AS group_id, CAST(SUM(CASE WHEN provider_school <> school THEN 1 ELSE 0 END) AS DOUBLE) AS v0, \
+                    CAST(COUNT(*) AS DOUBLE) AS v1 \
+             FROM events e JOIN school_dim s ON e.school = s.school_id AND e.registry_from = s.registry_from \
+             WHERE event_type = 'elective_enrolled'{r} GROUP BY s.{g}"
+        ),
+        2,
+    )
+    .await?;
     let one = |m: &Metric, k: &str| m.get(k).and_then(|v| v[0]);
+    let count = |m: &Metric, k: &str, i: usize| m.get(k).and_then(|v| v[i]).unwrap_or(0.0) as u64;
     let mut rows = Vec::new();
     for (group, u) in &usage {
         let (in_use, timetable) = (u[1].unwrap_or(0.0), u[2].unwrap_or(0.0));
@@ -281,6 +316,7 @@ pub async fn utilisation(w: &Warehouse, by: GroupBy, range: DateRange, t: &Thres
             live_interruption_rate: Rate::new(one(&interruptions, group), t.live_interruption_target, false),
             resource_sharing_rate: Rate::new(one(&sharing, group), t.resource_sharing_target, true),
             upload_pass_rate: Rate::new(one(&uploads, group), t.upload_pass_rate_target, true),
+            cross_school_electives: Some(ElectiveShare::new(count(&electives, group, 0), count(&electives, group, 1))),
         });
     }
     Ok(rows)

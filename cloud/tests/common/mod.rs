@@ -97,9 +97,10 @@ pub fn fixture() -> &'static Fixture {
         let registry = dir.path().join("registry.csv");
         edubrain_agent::write_registry(&province, &registry).unwrap();
         let schools = edubrain_cloud::registry::load(&registry).unwrap();
-        // Two school days in one month and one in the next, so zone months have neighbours.
+        // Two school days in one month and two in the next, so zone months have neighbours: the
+        // second pair is a Friday (assessments) and a Monday (elective enrolments).
         let mut events = Vec::new();
-        for (day, seed) in [(NaiveDate::from_ymd_opt(2026, 9, 29).unwrap(), 1), (NaiveDate::from_ymd_opt(2026, 10, 8).unwrap(), 2)] {
+        for (day, seed) in [(NaiveDate::from_ymd_opt(2026, 9, 29).unwrap(), 1), (NaiveDate::from_ymd_opt(2026, 10, 9).unwrap(), 2)] {
             let spec = SimulationSpec { first_day: day, school_days: 2, heartbeat_minutes: 30, seed };
             events.extend(simulate(&province, &spec));
         }
