@@ -270,13 +270,14 @@ async fn everything_killed_and_restarted_in_random_order_loses_and_duplicates_no
                 log.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
             };
             panic!(
-                "after 120 s the warehouse holds {} of {} accepted events (seed {seed}); missing e.g. {:?}\nedge:\n{}\ncloud:\n{}\nagent0:\n{}",
+                "after 120 s the warehouse holds {} of {} accepted events (seed {seed}); missing e.g. {:?}\nedge:\n{}\ncloud:\n{}\nagent0:\n{}\ntansu:\n{}",
                 accepted.intersection(&stored).count(),
                 accepted.len(),
                 accepted.difference(&stored).take(3).collect::<Vec<_>>(),
                 tail("edge.log"),
                 tail("cloud.log"),
-                tail("agent0.log")
+                tail("agent0.log"),
+                tail("tansu/tansu.log")
             );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
