@@ -2,7 +2,9 @@
 
 Reads a JSON list of cases on stdin and prints one JSON answer per case on stdout. Each case:
   {"uri": ..., "auth": {"bearer": token} | {"user": name, "password": token},
-   "op": "query" | "prepared" | "objects" | "info" | "table_schema", "sql": ..., "table": ...}
+   "op": "query" | "prepared" | "objects" | "info" | "table_schema" | "slow_read", "sql": ..., "table": ...}
+"slow_read" reads the first batch, says so on stderr ("first batch read"), waits "pause" seconds, then
+reads the rest: a client that stops reading mid-stream.
 An answer is {"ok": true, ...} with what the op returned, or {"ok": false, "error": message};
 each also has "seconds", how long the case took.
 cloud/tests/flight_sql.rs makes the cases and checks the answers.
@@ -39,6 +41,17 @@ def run(case):
                 cur.execute(case["sql"])
                 table = cur.fetch_arrow_table()
                 return {"schema": schema_of(table.schema), "rows": table.to_pylist()}
+        if op == "slow_read":
+            with conn.cursor() as cur:
+                cur.execute(case["sql"])
+                reader = cur.fetch_record_batch()
+                rows, batches = reader.read_next_batch().num_rows, 1
+                sys.stderr.write("first batch read\n")
+                sys.stderr.flush()
+                time.sleep(case["pause"])
+                for batch in reader:
+                    rows, batches = rows + batch.num_rows, batches + 1
+                return {"rows": rows, "batches": batches}
         if op == "objects":
             objects = conn.adbc_get_objects(depth="tables").read_all().to_pylist()
             tables = []
