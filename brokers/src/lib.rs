@@ -381,10 +381,13 @@ impl Tansu {
         if security.sasl {
             command.arg("--authentication");
         }
+        // Tansu logs to stdout: both streams go to its log file.
+        let stdout = log.try_clone().map_err(|e| BrokerError::Spawn { what: "tansu", source: e })?;
         let child = command
             .current_dir(dir)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            // EDUBRAIN_TANSU_LOG (e.g. `debug`) to see what the broker does in a failing test.
+            .env("RUST_LOG", std::env::var("EDUBRAIN_TANSU_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(stdout)
             .stderr(log)
             .spawn()
             .map_err(|e| BrokerError::Spawn { what: "tansu", source: e })?;

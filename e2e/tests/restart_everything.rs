@@ -15,7 +15,8 @@
 //! reproduces it) the cloud stops receiving after the last restart, and a restarted cloud does
 //! too. Its librdkafka log shows every request to Tansu waiting behind a FetchRequest that Tansu
 //! never answers, while Tansu's sqlite store holds the records past the group's committed
-//! offsets. Not understood yet; until it is, this test would fail CI at random.
+//! offsets. Not understood yet; until it is, this test would fail CI at random. Tansu's log
+//! is `tansu/tansu.log` under the test's directory; `EDUBRAIN_TANSU_LOG=debug` makes it talk.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
