@@ -71,7 +71,8 @@ pub async fn refresh(w: &Warehouse, t: &Thresholds, zt: &ZoneTargets, h: &Headli
                 }
             }
         }
-        let values = usage_gaps::load(w, range, t).await?;
+        // Only the teaching-quality CV is a gauge: its one query, not the whole usage report's.
+        let values = usage_gaps::teaching_quality(w, range).await?;
         for row in UsageGapReport::build(w.schools(), &values, &[Scope::Zone], t).cv {
             if row.indicator == UsageIndicator::TeachingQuality.name() {
                 quality.push((vec![row.group, row.level.as_str().to_string()], row.cv));

@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use common::fixture;
 use edubrain_cloud::access::Role;
@@ -18,16 +18,7 @@ const COUNT_BY_SCHOOL: &str = "SELECT school, COUNT(*) AS n FROM events GROUP BY
 
 /// Runs the ADBC client on `cases` and returns one answer per case.
 fn adbc(cases: &[Value]) -> Vec<Value> {
-    let python = edubrain_brokers::test_python().unwrap_or_else(|e| panic!("{e}"));
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/flight_sql_client.py");
-    let mut child = Command::new(&python)
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e}", python.display()));
-    serde_json::to_writer(child.stdin.take().unwrap(), cases).unwrap();
+    let (child, script) = common::adbc_client(&json!(cases), Stdio::inherit());
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{script} failed: {}", out.status);
     let answers: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();

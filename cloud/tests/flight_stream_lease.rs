@@ -5,8 +5,10 @@
 //!
 //! The client is ADBC's Flight SQL driver from PyPI (`flight_sql_client.py`, op `slow_read`).
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,17 +35,8 @@ const SQL: &str = "SELECT e.* FROM events e CROSS JOIN generate_series(1, 16) AS
 /// Runs the ADBC client on one `slow_read` case; returns its answer once it reads the first
 /// batch (the sender is told) and when it is done.
 fn slow_read(uri: &str, sql: &str, pause_secs: f64, first_batch: std::sync::mpsc::Sender<()>) -> Value {
-    let python = edubrain_brokers::test_python().unwrap_or_else(|e| panic!("{e}"));
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/flight_sql_client.py");
-    let mut child = Command::new(&python)
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e}", python.display()));
     let case = json!([{ "uri": uri, "auth": { "bearer": TOKEN }, "op": "slow_read", "sql": sql, "pause": pause_secs }]);
-    serde_json::to_writer(child.stdin.take().unwrap(), &case).unwrap();
+    let (mut child, script) = common::adbc_client(&case, Stdio::piped());
     let stderr = child.stderr.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {

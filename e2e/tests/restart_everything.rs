@@ -229,8 +229,7 @@ async fn everything_killed_and_restarted_in_random_order_loses_and_duplicates_no
         .unwrap();
         agent_ports.push(port);
     }
-    let mut stack =
-        Stack { dir: root.clone(), mosquitto, tansu, edge: None, cloud: None, agents: vec![None, None], agent_ports: agent_ports.clone() };
+    let mut stack = Stack { dir: root.clone(), mosquitto, tansu, edge: None, cloud: None, agents: vec![None, None], agent_ports };
     for part in [Part::Edge, Part::Cloud, Part::Agent(0), Part::Agent(1)] {
         stack.start(part);
     }

@@ -183,20 +183,14 @@ pub async fn load(w: &Warehouse, range: DateRange, t: &Thresholds) -> Result<Usa
         set(UsageIndicator::ResourceVisitsPerPupil, 0.0);
         set(UsageIndicator::CrossSchoolElectivesPer100, row.cross_school_electives.as_ref().map_or(0, |e| e.cross_school) as f64);
     }
-    let r = range.predicate();
-    let per_school = |sql: String| async move {
-        let mut out = BTreeMap::new();
-        for row in w.query_json(&sql).await? {
-            if let (Some(school), Some(v)) = (row.get("school").and_then(|v| v.as_str()), row.get("v").and_then(|v| v.as_f64())) {
-                out.insert(school.to_string(), v);
-            }
-        }
-        Ok::<_, CloudError>(out)
-    };
-    let visits = per_school(format!(
-        "SELECT school, CAST(COUNT(*) AS DOUBLE) AS v FROM events \
-         WHERE event_type IN ('resource_viewed', 'resource_downloaded'){r} GROUP BY school"
-    ))
+    let visits = per_school(
+        w,
+        &format!(
+            "SELECT school, CAST(COUNT(*) AS DOUBLE) AS v FROM events \
+             WHERE event_type IN ('resource_viewed', 'resource_downloaded'){} GROUP BY school",
+            range.predicate()
+        ),
+    )
     .await?;
     let with_timetable = values.entry(UsageIndicator::ResourceVisitsPerPupil).or_default();
     for (school, v) in visits {
@@ -204,13 +198,33 @@ pub async fn load(w: &Warehouse, range: DateRange, t: &Thresholds) -> Result<Usa
             *slot = v;
         }
     }
-    let quality = per_school(format!(
-        "SELECT school, AVG(100.0 * score / max_score) AS v FROM events \
-         WHERE event_type = 'assessment_recorded' AND max_score > 0{r} GROUP BY school"
-    ))
-    .await?;
-    values.insert(UsageIndicator::TeachingQuality, quality);
+    values.extend(teaching_quality(w, range).await?);
     Ok(values)
+}
+
+/// Teaching quality alone (one query): what the headline gauges need, without the rest.
+pub async fn teaching_quality(w: &Warehouse, range: DateRange) -> Result<UsageValues, CloudError> {
+    let quality = per_school(
+        w,
+        &format!(
+            "SELECT school, AVG(100.0 * score / max_score) AS v FROM events \
+             WHERE event_type = 'assessment_recorded' AND max_score > 0{} GROUP BY school",
+            range.predicate()
+        ),
+    )
+    .await?;
+    Ok(UsageValues::from([(UsageIndicator::TeachingQuality, quality)]))
+}
+
+/// `v` per `school` from `sql`.
+async fn per_school(w: &Warehouse, sql: &str) -> Result<BTreeMap<String, f64>, CloudError> {
+    let mut out = BTreeMap::new();
+    for row in w.query_json(sql).await? {
+        if let (Some(school), Some(v)) = (row.get("school").and_then(|v| v.as_str()), row.get("v").and_then(|v| v.as_f64())) {
+            out.insert(school.to_string(), v);
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

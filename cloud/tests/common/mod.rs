@@ -19,6 +19,22 @@ use edubrain_cloud::{CloudMetrics, Warehouse};
 use edubrain_schemas::School;
 use serde_json::{Value, json};
 
+/// Starts ADBC's Flight SQL client (`flight_sql_client.py`, in the test venv) with `cases` on
+/// its stdin and its stdout piped; returns it and the script's path.
+pub fn adbc_client(cases: &Value, stderr: std::process::Stdio) -> (std::process::Child, &'static str) {
+    let python = edubrain_brokers::test_python().unwrap_or_else(|e| panic!("{e}"));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/flight_sql_client.py");
+    let mut child = std::process::Command::new(&python)
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", python.display()));
+    serde_json::to_writer(child.stdin.take().unwrap(), cases).unwrap();
+    (child, script)
+}
+
 pub struct Fixture {
     pub rt: tokio::runtime::Runtime,
     pub base: String,
