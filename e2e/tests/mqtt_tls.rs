@@ -100,6 +100,16 @@ async fn terminals_and_edges_log_in_with_certificates_and_nothing_else_does() {
     plain.set_credentials(my_login.clone(), "guess");
     let refused = connack(plain).await;
     assert!(refused.as_ref().is_err_and(|e| e.contains("NotAuthorized") || e.contains("BadUserNamePassword")), "{refused:?}");
+    // The edge counts these refusals from the broker's log lines: at least the two handshakes
+    // the broker failed itself (the third, the client refusing the broker, may show as one too)
+    // and the bad password.
+    let refusals = |reason: &str| edge.metrics.mqtt_broker_disconnects.with_label_values(&[reason]).get();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while refusals("tls_error") < 2 || refusals("not_authorised") < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "TLS refusals not counted; edge metrics:\n{}", edge.metrics.render());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("broker refusals counted by the edge: tls_error {}, not_authorised {}", refusals("tls_error"), refusals("not_authorised"));
 
     // A valid certificate of terminal t1 publishing on t2's topic: the broker's ACL drops it;
     // the edge never sees it, nothing more reaches Kafka.

@@ -2,7 +2,8 @@
 //! (`deploy/mosquitto/acl`): a terminal can only publish on its own classroom's topic and read
 //! its own acks; bad credentials are refused; nobody can take over another client's session; a
 //! payload claiming another identity on the right topic is dead-lettered by the edge. Nothing a
-//! refused client sends reaches Kafka.
+//! refused client sends reaches Kafka. The broker's own refusals (a bad login, a session closed
+//! by a second login) are counted by the edge and audited on the Kafka audit topic.
 
 use std::time::Duration;
 
@@ -134,6 +135,33 @@ async fn terminals_speak_only_for_their_own_classroom() {
     poll_until(&mut thief_loop, 10, |ev| matches!(ev, Ok(MqttEvent::Incoming(Packet::ConnAck(_)))).then_some(())).await.expect("CONNACK");
     let b_dropped = poll_until(&mut b_loop, 2, |ev| ev.is_err().then_some(())).await;
     assert_eq!(b_dropped, None, "B was disconnected by a client reusing its client id");
+
+    // 5. A's login used a second time (someone holding A's credentials): the broker closes the
+    //    older connection, the only takeover `use_username_as_clientid` leaves.
+    let (_again, mut again_loop) =
+        login(&terminal_username(&a), &derived_password(SECRET.as_bytes(), &terminal_username(&a)), mosquitto.port);
+    poll_until(&mut again_loop, 10, |ev| matches!(ev, Ok(MqttEvent::Incoming(Packet::ConnAck(_)))).then_some(())).await.expect("CONNACK");
+    let thief_dropped = poll_until(&mut thief_loop, 5, |ev| ev.is_err().then_some(())).await;
+    assert_eq!(thief_dropped, Some(()), "the older connection of A's login was not closed");
+
+    // 6. The broker's own refusals (3 and 5), which no message shows, are counted by the edge
+    //    from the broker's log lines and kept as audit records in Kafka.
+    let refusals = |reason: &str| edge.metrics.mqtt_broker_disconnects.with_label_values(&[reason]).get();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while refusals("not_authorised") < 1 || refusals("session_taken_over") < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "broker refusals not counted; edge metrics:\n{}", edge.metrics.render());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let audit = edubrain_e2e::read_topic(&tansu.bootstrap(), edubrain_schemas::topics::KAFKA_AUDIT_TOPIC, 2).await;
+    let audit: Vec<serde_json::Value> = audit.iter().map(|(v, _)| serde_json::from_slice(v).unwrap()).collect();
+    println!("audit records: {audit:#?}");
+    assert_eq!(audit[0]["reason"], "not_authorised", "{audit:?}");
+    assert_eq!(audit[0]["client"], serde_json::Value::Null, "the broker does not name a refused login");
+    assert_eq!(audit[1]["reason"], "session_taken_over", "{audit:?}");
+    assert_eq!(audit[1]["client"], terminal_username(&a));
+    assert!(audit.iter().all(|r| r["edge_city"] == "c01" && r["source"] == "mqtt_broker"), "{audit:?}");
+    assert_eq!(refusals("not_authorised"), 1, "one bad login, counted once");
+    assert_eq!(edge.metrics.messages_received.get(), 1, "log lines are not counted as terminal messages");
 
     shutdown.cancel();
     edge.wait().await.unwrap();

@@ -55,6 +55,10 @@ pub struct MqttConfig {
     /// TLS to the broker's TLS listener with the edge's client certificate (common name
     /// `edge-{city}`); see `edubrain_process::mqtt_tls`.
     pub tls: Option<edubrain_process::mqtt_tls::MqttTls>,
+    /// Read the broker's log lines (`$SYS/broker/log/+`, which `log_dest topic` and the ACL in
+    /// deploy/mosquitto provide) to count and audit the broker's own refusals; see
+    /// [`crate::broker_log`]. Without that broker setup the edge simply receives none.
+    pub broker_log: bool,
 }
 
 impl Default for MqttConfig {
@@ -68,6 +72,7 @@ impl Default for MqttConfig {
             max_packet_bytes: 256 * 1024,
             keepalive_secs: 15,
             tls: None,
+            broker_log: true,
         }
     }
 }
@@ -157,6 +162,8 @@ pub struct KafkaConfig {
     pub events_topic: String,
     pub deadletter_topic: String,
     pub rollups_topic: String,
+    /// The MQTT broker's refusals (bad logins, failed TLS handshakes, session takeovers).
+    pub audit_topic: String,
     /// Used when the edge creates the topics at start-up.
     pub partitions: i32,
     pub replication: i32,
@@ -176,6 +183,7 @@ impl Default for KafkaConfig {
             events_topic: edubrain_schemas::topics::KAFKA_EVENTS_TOPIC.into(),
             deadletter_topic: edubrain_schemas::topics::KAFKA_DEADLETTER_TOPIC.into(),
             rollups_topic: edubrain_schemas::topics::KAFKA_ROLLUPS_TOPIC.into(),
+            audit_topic: edubrain_schemas::topics::KAFKA_AUDIT_TOPIC.into(),
             partitions: 6,
             replication: 1,
             producer: BTreeMap::new(),

@@ -67,6 +67,7 @@ impl Topics {
             (config.events_topic.clone(), config.partitions),
             (config.deadletter_topic.clone(), config.partitions.clamp(1, 3)),
             (config.rollups_topic.clone(), config.partitions.clamp(1, 3)),
+            (config.audit_topic.clone(), 1),
         ];
         Topics { names, replication: config.replication }
     }

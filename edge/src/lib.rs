@@ -6,6 +6,8 @@
 //! - [`record`]: what one WAL record holds (Kafka topic, key, headers, the raw payload).
 //! - [`rollup`]: per-window events and in-use minutes per classroom and device, to their topic.
 //! - [`throttle`]: per-terminal token buckets; over-budget events are deferred, not dropped.
+//! - [`broker_log`]: the MQTT broker's own refusals (bad logins, failed TLS handshakes,
+//!   session takeovers), read from its log lines, counted and audited to Kafka.
 //! - [`ship`]: WAL → Kafka (idempotent, `acks=all`), confirming records back to the WAL.
 //! - [`kafka`]: topic creation and the producer.
 //! - [`metrics`]: Prometheus metrics; [`http`]: `/metrics` and `/healthz`.
@@ -24,6 +26,7 @@
 //! When the WAL is full the edge stops taking messages: nothing is acknowledged, so the broker
 //! and the terminals keep the events until Kafka catches up.
 
+pub mod broker_log;
 pub mod classify;
 pub mod config;
 pub mod http;
@@ -175,7 +178,7 @@ pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Ru
         metrics: metrics.clone(),
         start: ship_from,
         topics_pending,
-        delivered: [&config.kafka.events_topic, &config.kafka.deadletter_topic, &config.kafka.rollups_topic]
+        delivered: [&config.kafka.events_topic, &config.kafka.deadletter_topic, &config.kafka.rollups_topic, &config.kafka.audit_topic]
             .map(|topic| metrics.kafka_delivered.with_label_values(&[topic.as_str()])),
     };
     let shipper = tokio::spawn(shipper.run(hot_rx, committed_rx, confirm_tx, ship_stop.clone(), Duration::from_secs(10)));
@@ -254,14 +257,13 @@ impl Pump {
         // bounded channel here could block the event loop that must keep sending our acks.
         let (tx, mut rx) = mpsc::unbounded_channel::<Publish>();
         let loop_stop = CancellationToken::new();
-        let poller = tokio::spawn(poll_mqtt(
-            eventloop,
-            client.clone(),
-            city_subscription(&self.config.city),
-            tx,
-            self.metrics.clone(),
-            loop_stop.clone(),
-        ));
+        let mut filters = vec![rumqttc::SubscribeFilter::new(city_subscription(&self.config.city), QoS::AtLeastOnce)];
+        if self.config.mqtt.broker_log {
+            // QoS 0: the broker does not queue its log for an edge that is away, and a line
+            // lost in a reconnect is a count off by one, not an event lost.
+            filters.push(rumqttc::SubscribeFilter::new(broker_log::BROKER_LOG_FILTER.into(), QoS::AtMostOnce));
+        }
+        let poller = tokio::spawn(poll_mqtt(eventloop, client.clone(), filters, tx, self.metrics.clone(), loop_stop.clone()));
 
         let mut backlog: VecDeque<Publish> = VecDeque::new();
         let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -431,6 +433,9 @@ impl Pump {
     }
 
     fn classify(&mut self, publish: Publish) -> Classified {
+        if broker_log::is_broker_log(&publish.topic) {
+            return self.audit_broker_line(publish);
+        }
         let m = &self.metrics;
         m.messages_received.inc();
         m.received_bytes.inc_by(publish.payload.len() as u64);
@@ -497,6 +502,40 @@ impl Pump {
             }
         };
         Classified { publish, record, ack, received }
+    }
+
+    /// Counts a broker log line that records a refusal and keeps it as an audit record; any
+    /// other line is only acknowledged (a no-op at QoS 0).
+    fn audit_broker_line(&mut self, publish: Publish) -> Classified {
+        let received = Instant::now();
+        let text = String::from_utf8_lossy(&publish.payload);
+        let record = broker_log::parse(&text).map(|(reason, client, broker_time)| {
+            self.metrics.mqtt_broker_disconnects.with_label_values(&[reason.as_str()]).inc();
+            tracing::warn!(reason = reason.as_str(), client = client.unwrap_or("<unknown>"), line = %text.trim_end(), "the MQTT broker refused or disconnected a client");
+            let received_ms = Utc::now().timestamp_millis();
+            let audit = broker_log::BrokerAudit {
+                source: "mqtt_broker",
+                reason,
+                client: client.map(|c| record::cut(c, broker_log::MAX_CLIENT_BYTES)),
+                broker_time,
+                edge_city: &self.config.city,
+                received_ms,
+                line: record::cut(text.trim_end(), broker_log::MAX_LINE_BYTES),
+            };
+            WalRecord {
+                destination: Destination::Audit,
+                event_id: None,
+                key: self.config.city.clone(),
+                headers: vec![
+                    ("edubrain.reason", reason.as_str().to_string()),
+                    ("edubrain.edge_city", self.config.city.clone()),
+                    ("edubrain.received_ms", received_ms.to_string()),
+                ],
+                payload: serde_json::to_vec(&audit).expect("audit records serialise"),
+            }
+            .encode()
+        });
+        Classified { publish, record, ack: None, received }
     }
 
     /// Closes the rollup windows that are due and writes them to the WAL, which ships them to
@@ -590,7 +629,7 @@ impl Pump {
 async fn poll_mqtt(
     mut eventloop: rumqttc::EventLoop,
     client: AsyncClient,
-    filter: String,
+    filters: Vec<rumqttc::SubscribeFilter>,
     tx: mpsc::UnboundedSender<Publish>,
     metrics: EdgeMetrics,
     stop: CancellationToken,
@@ -610,13 +649,13 @@ async fn poll_mqtt(
             }
             Ok(MqttEvent::Incoming(Packet::SubAck(_))) => {
                 metrics.mqtt_subscribed.set(1);
-                tracing::info!(%filter, "edge subscribed");
+                tracing::info!(filters = ?filters.iter().map(|f| &f.path).collect::<Vec<_>>(), "edge subscribed");
             }
             Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
                 metrics.mqtt_connected.set(1);
                 backoff = Duration::from_millis(100);
-                tracing::info!(session_present = ack.session_present, %filter, "edge connected to MQTT");
-                if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                tracing::info!(session_present = ack.session_present, "edge connected to MQTT");
+                if let Err(e) = client.try_subscribe_many(filters.clone()) {
                     tracing::error!(error = %e, "could not subscribe");
                 }
             }

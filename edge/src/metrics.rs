@@ -32,6 +32,7 @@ pub struct EdgeMetrics {
     pub mqtt_connected: IntGauge,
     pub mqtt_subscribed: IntGauge,
     pub mqtt_connection_errors: IntCounter,
+    pub mqtt_broker_disconnects: IntCounterVec,
     pub terminals_active: IntGauge,
     pub delivery_latency: Histogram,
 }
@@ -120,6 +121,18 @@ impl EdgeMetrics {
                 "1 once the broker acknowledged the city subscription (SUBACK) on the current connection",
             ),
             mqtt_connection_errors: counter("mqtt_connection_errors_total", "MQTT connection errors (each followed by a reconnect)"),
+            mqtt_broker_disconnects: {
+                let c = counter_vec(
+                    "mqtt_broker_disconnects_total",
+                    "Clients the MQTT broker refused or disconnected, by reason, read from its log (each also an audit record)",
+                    &["reason"],
+                );
+                // Every reason from the start, so a rate() over a fresh edge is 0, not absent.
+                for r in crate::broker_log::DisconnectReason::ALL {
+                    c.with_label_values(&[r.as_str()]);
+                }
+                c
+            },
             terminals_active: gauge(
                 "terminals_active",
                 "Terminals heard from (events or heartbeats) within terminal_active_secs; a sudden fall means classrooms lost their link",

@@ -14,6 +14,8 @@ pub enum Destination {
     Events,
     DeadLetter,
     Rollups,
+    /// The MQTT broker's refusals (see [`crate::broker_log`]).
+    Audit,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +48,7 @@ impl WalRecord {
             Destination::Events => 0,
             Destination::DeadLetter => 1,
             Destination::Rollups => 2,
+            Destination::Audit => 3,
         });
         out.push(u8::from(self.event_id.is_some()));
         out.extend_from_slice(&self.event_id.unwrap_or(0).to_le_bytes());
@@ -94,6 +97,7 @@ impl<'a> WalRecordRef<'a> {
             0 => Destination::Events,
             1 => Destination::DeadLetter,
             2 => Destination::Rollups,
+            3 => Destination::Audit,
             d => return Err(EdgeError::Wal(format!("unknown destination {d}"))),
         };
         let has_id = r.u8()? == 1;

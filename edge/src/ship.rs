@@ -48,7 +48,7 @@ pub(crate) struct Shipper {
     pub topics_pending: Option<kafka::Topics>,
     /// `kafka_delivered_total` of each [`Destination`], in its order, resolved once rather
     /// than per delivery.
-    pub delivered: [prometheus::IntCounter; 3],
+    pub delivered: [prometheus::IntCounter; 4],
 }
 
 type Delivery = futures::future::BoxFuture<'static, (u64, Option<Instant>, Result<(), String>)>;
@@ -207,6 +207,7 @@ impl Shipper {
             Destination::Events => &self.kafka.events_topic,
             Destination::DeadLetter => &self.kafka.deadletter_topic,
             Destination::Rollups => &self.kafka.rollups_topic,
+            Destination::Audit => &self.kafka.audit_topic,
         };
         // librdkafka copies key, payload and headers at send: nothing here outlives the call.
         loop {

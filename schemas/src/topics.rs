@@ -14,6 +14,8 @@ pub const KAFKA_EVENTS_TOPIC: &str = "edubrain.events.v1";
 pub const KAFKA_DEADLETTER_TOPIC: &str = "edubrain.deadletter.v1";
 /// Per-window rollups of each classroom and device (see the edge's `rollup` module).
 pub const KAFKA_ROLLUPS_TOPIC: &str = "edubrain.rollups.v1";
+/// Security audit records of the city hubs (the MQTT broker's refusals, as each edge reads them).
+pub const KAFKA_AUDIT_TOPIC: &str = "edubrain.audit.v1";
 
 /// The identity a terminal publishes under.
 #[derive(Debug, Clone, PartialEq, Eq)]
