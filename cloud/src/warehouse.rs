@@ -89,8 +89,10 @@ fn session(memory_limit_bytes: usize) -> Result<SessionContext, CloudError> {
     // found this once the headline gauges queried an empty warehouse at start-up).
     let caches = CacheManagerConfig::default().with_list_files_cache_limit(0);
     let runtime = RuntimeEnvBuilder::new().with_memory_limit(memory_limit_bytes, 1.0).with_cache_manager(caches).build_arc()?;
+    // DATAFUSION_* variables tune the engine (DATAFUSION_EXECUTION_TARGET_PARTITIONS=4, ...),
+    // as in datafusion-cli; none are needed.
     let state = SessionStateBuilder::new()
-        .with_config(SessionConfig::new())
+        .with_config(SessionConfig::from_env()?)
         .with_runtime_env(runtime)
         .with_default_features()
         .with_physical_optimizer_rule(Arc::new(YieldEverywhere))

@@ -148,13 +148,22 @@ pub async fn load_inputs(wh: &Warehouse, range: DateRange) -> Result<Inputs, Clo
     let str_of =
         |row: &serde_json::Map<String, serde_json::Value>, k: &str| row.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
     let num_of = |row: &serde_json::Map<String, serde_json::Value>, k: &str| row.get(k).and_then(|v| v.as_f64()).unwrap_or(0.0);
+    // Reuse (other schools that downloaded it) is counted in its own aggregate over distinct
+    // (resource, school) pairs: as a COUNT(DISTINCT ...) beside the other aggregates DataFusion
+    // kept a set per group, 4x DuckDB's time on the same query.
     let rows = wh
         .query_json(&format!(
-            "SELECT resource_id, MIN(owner_school) AS owner_school, MIN(subject) AS subject, MIN(resource_kind) AS kind, \
-                    COALESCE(SUM(rating), 0) AS rating_sum, COUNT(rating) AS ratings, \
-                    COUNT(DISTINCT CASE WHEN event_type = 'resource_downloaded' AND school <> owner_school THEN school END) AS reuse_schools, \
-                    MAX(CASE WHEN passed_review = false THEN 1 ELSE 0 END) AS failed_review \
-             FROM events WHERE resource_id IS NOT NULL{r} GROUP BY resource_id"
+            "WITH stats AS (SELECT resource_id, MIN(owner_school) AS owner_school, MIN(subject) AS subject, MIN(resource_kind) AS kind, \
+                                   COALESCE(SUM(rating), 0) AS rating_sum, COUNT(rating) AS ratings, \
+                                   MAX(CASE WHEN passed_review = false THEN 1 ELSE 0 END) AS failed_review \
+                            FROM events WHERE resource_id IS NOT NULL{r} GROUP BY resource_id), \
+                  reuse AS (SELECT resource_id, COUNT(*) AS reuse_schools \
+                            FROM (SELECT DISTINCT resource_id, school FROM events \
+                                  WHERE event_type = 'resource_downloaded' AND school <> owner_school AND resource_id IS NOT NULL{r}) \
+                            GROUP BY resource_id) \
+             SELECT stats.resource_id, owner_school, subject, kind, rating_sum, ratings, failed_review, \
+                    COALESCE(reuse.reuse_schools, 0) AS reuse_schools \
+             FROM stats LEFT JOIN reuse ON stats.resource_id = reuse.resource_id"
         ))
         .await?;
     for row in rows {
