@@ -9,17 +9,14 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::NaiveDate;
 use edubrain_agent::province::{self, ProvinceSpec};
 use edubrain_agent::simulate::{SimulationSpec, local_offset, simulate};
-use edubrain_cloud::access::{AccessConfig, AccessControl, Role};
-use edubrain_cloud::api::AppState;
-use edubrain_cloud::audit::AuditLog;
+use edubrain_cloud::access::{AccessConfig, Role};
 use edubrain_cloud::batch::StoredEvent;
-use edubrain_cloud::config::{FlightSqlConfig, QueryLimits, RecommendationWeights, Thresholds, ZoneTargets};
+use edubrain_cloud::config::{FlightSqlConfig, QueryLimits};
 use edubrain_cloud::maintenance::{MaintenanceConfig, run as maintain};
 use edubrain_cloud::{CloudMetrics, Warehouse};
 use serde_json::{Value, json};
@@ -53,6 +50,16 @@ fn slow_read(uri: &str, sql: &str, pause_secs: f64, first_batch: std::sync::mpsc
     answers.into_iter().next().unwrap()
 }
 
+/// Starts [`slow_read`] of [`SQL`] on the blocking pool and returns once the client has read its
+/// first batch; the handle gives its answer.
+async fn start_slow_read(uri: &str, pause_secs: f64) -> tokio::task::JoinHandle<Value> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let uri = uri.to_string();
+    let client = tokio::task::spawn_blocking(move || slow_read(&uri, SQL, pause_secs, tx));
+    tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60))).await.unwrap().expect("the client read a first batch");
+    client
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_holds_off_compaction_until_it_ends_or_times_out() {
     let dir = tempfile::tempdir().unwrap();
@@ -74,19 +81,7 @@ async fn a_stream_holds_off_compaction_until_it_ends_or_times_out() {
     let metrics = CloudMetrics::new();
     let mut access = AccessConfig::default();
     access.add("dc", Role::Province, TOKEN);
-    let (_progress_tx, progress) = tokio::sync::watch::channel(Default::default());
-    let state = AppState {
-        warehouse: warehouse.clone(),
-        thresholds: Thresholds::default(),
-        weights: RecommendationWeights::default(),
-        zone_targets: ZoneTargets::default(),
-        limits: QueryLimits::default(),
-        access: Arc::new(AccessControl::new(&access).unwrap()),
-        metrics: metrics.clone(),
-        progress,
-        scoped: Default::default(),
-        audit: AuditLog::start(&dir.path().join("audit"), metrics.clone()).unwrap().0,
-    };
+    let state = common::app_state(warehouse.clone(), &access, QueryLimits::default(), &dir.path().join("audit"), &metrics);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let uri = format!("grpc://{}", listener.local_addr().unwrap());
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -98,12 +93,7 @@ async fn a_stream_holds_off_compaction_until_it_ends_or_times_out() {
 
     // A client that pauses 1.5 s after its first batch: the stream holds its lease throughout,
     // so maintenance may not swap; every row arrives.
-    let (tx, rx) = std::sync::mpsc::channel();
-    let client = {
-        let uri = uri.clone();
-        tokio::task::spawn_blocking(move || slow_read(&uri, SQL, 1.5, tx))
-    };
-    tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60))).await.unwrap().expect("the client read a first batch");
+    let client = start_slow_read(&uri, 1.5).await;
     assert!(leases.try_exclusive().is_none(), "the open stream holds its lease: compaction must wait");
     let answer = client.await.unwrap();
     assert_eq!(answer["ok"], json!(true), "{answer}");
@@ -120,12 +110,7 @@ async fn a_stream_holds_off_compaction_until_it_ends_or_times_out() {
 
     // A client that stops reading for longer than the time limit: its lease goes at the limit,
     // and its stream ends with an error, never as a short result.
-    let (tx, rx) = std::sync::mpsc::channel();
-    let client = {
-        let uri = uri.clone();
-        tokio::task::spawn_blocking(move || slow_read(&uri, SQL, 10.0, tx))
-    };
-    tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60))).await.unwrap().expect("the client read a first batch");
+    let client = start_slow_read(&uri, 10.0).await;
     assert!(leases.try_exclusive().is_none(), "the stream holds its lease while it is within its time limit");
     tokio::time::sleep(Duration::from_millis(TIME_LIMIT_MS + 1_500)).await;
     assert!(leases.try_exclusive().is_some(), "past the time limit the stalled stream gave up its lease");

@@ -176,6 +176,19 @@ pub struct KafkaConfig {
     pub sasl: Option<KafkaSasl>,
 }
 
+impl KafkaConfig {
+    /// The topic a WAL record of `destination` is produced to.
+    pub fn topic(&self, destination: crate::record::Destination) -> &str {
+        use crate::record::Destination;
+        match destination {
+            Destination::Events => &self.events_topic,
+            Destination::DeadLetter => &self.deadletter_topic,
+            Destination::Rollups => &self.rollups_topic,
+            Destination::Audit => &self.audit_topic,
+        }
+    }
+}
+
 impl Default for KafkaConfig {
     fn default() -> Self {
         Self {

@@ -178,8 +178,7 @@ pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Ru
         metrics: metrics.clone(),
         start: ship_from,
         topics_pending,
-        delivered: [&config.kafka.events_topic, &config.kafka.deadletter_topic, &config.kafka.rollups_topic, &config.kafka.audit_topic]
-            .map(|topic| metrics.kafka_delivered.with_label_values(&[topic.as_str()])),
+        delivered: Destination::ALL.map(|d| metrics.kafka_delivered.with_label_values(&[config.kafka.topic(d)])),
     };
     let shipper = tokio::spawn(shipper.run(hot_rx, committed_rx, confirm_tx, ship_stop.clone(), Duration::from_secs(10)));
     let policy = config.validation_policy();

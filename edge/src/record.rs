@@ -18,6 +18,11 @@ pub enum Destination {
     Audit,
 }
 
+impl Destination {
+    /// Every destination, in the order of their discriminants (`destination as usize`).
+    pub const ALL: [Destination; 4] = [Destination::Events, Destination::DeadLetter, Destination::Rollups, Destination::Audit];
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalRecord {
     pub destination: Destination,

@@ -48,7 +48,7 @@ pub(crate) struct Shipper {
     pub topics_pending: Option<kafka::Topics>,
     /// `kafka_delivered_total` of each [`Destination`], in its order, resolved once rather
     /// than per delivery.
-    pub delivered: [prometheus::IntCounter; 4],
+    pub delivered: [prometheus::IntCounter; Destination::ALL.len()],
 }
 
 type Delivery = futures::future::BoxFuture<'static, (u64, Option<Instant>, Result<(), String>)>;
@@ -203,12 +203,7 @@ impl Shipper {
     /// Enqueues one record in librdkafka (waiting while its queue is full) and returns the
     /// future of its delivery report.
     async fn enqueue(&self, seq: u64, record: WalRecordRef<'_>, received: Option<Instant>) -> Delivery {
-        let topic = match record.destination {
-            Destination::Events => &self.kafka.events_topic,
-            Destination::DeadLetter => &self.kafka.deadletter_topic,
-            Destination::Rollups => &self.kafka.rollups_topic,
-            Destination::Audit => &self.kafka.audit_topic,
-        };
+        let topic = self.kafka.topic(record.destination);
         // librdkafka copies key, payload and headers at send: nothing here outlives the call.
         loop {
             let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());

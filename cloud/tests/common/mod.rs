@@ -19,6 +19,32 @@ use edubrain_cloud::{CloudMetrics, Warehouse};
 use edubrain_schemas::School;
 use serde_json::{Value, json};
 
+/// The API's state over `warehouse` with default analytics settings, the given principals and
+/// query limits, and an audit log in `audit_dir` whose writer lives as long as the process.
+pub fn app_state(
+    warehouse: Warehouse,
+    access: &AccessConfig,
+    limits: QueryLimits,
+    audit_dir: &std::path::Path,
+    metrics: &CloudMetrics,
+) -> AppState {
+    let (tx, progress) = tokio::sync::watch::channel(Default::default());
+    // No backfill runs here; the sender stays so the progress channel stays open.
+    std::mem::forget(tx);
+    AppState {
+        warehouse,
+        thresholds: Thresholds::default(),
+        weights: RecommendationWeights::default(),
+        zone_targets: ZoneTargets::default(),
+        limits,
+        access: Arc::new(AccessControl::new(access).unwrap()),
+        metrics: metrics.clone(),
+        progress,
+        scoped: Default::default(),
+        audit: AuditLog::start(audit_dir, metrics.clone()).unwrap().0,
+    }
+}
+
 /// Starts ADBC's Flight SQL client (`flight_sql_client.py`, in the test venv) with `cases` on
 /// its stdin and its stdout piped; returns it and the script's path.
 pub fn adbc_client(cases: &Value, stderr: std::process::Stdio) -> (std::process::Child, &'static str) {
@@ -147,21 +173,8 @@ pub fn fixture() -> &'static Fixture {
         let warehouse = rt.block_on(Warehouse::open(&root, schools.clone(), 1 << 30)).unwrap();
         let (base, flight) = rt.block_on(async {
             let warehouse = warehouse.clone();
-            let (_tx, progress) = tokio::sync::watch::channel(Default::default());
-            std::mem::forget(_tx);
-            let state = AppState {
-                warehouse,
-                thresholds: Thresholds::default(),
-                weights: RecommendationWeights::default(),
-                zone_targets: ZoneTargets::default(),
-                limits: QueryLimits { sql_timeout_ms: 2_000, sql_max_rows: 1_000, ..QueryLimits::default() },
-                access: Arc::new(AccessControl::new(&access).unwrap()),
-                metrics: metrics.clone(),
-                progress,
-                scoped: Default::default(),
-                // The writer thread lives as long as the server, i.e. the test process.
-                audit: AuditLog::start(&dir.path().join("audit"), metrics.clone()).unwrap().0,
-            };
+            let limits = QueryLimits { sql_timeout_ms: 2_000, sql_max_rows: 1_000, ..QueryLimits::default() };
+            let state = app_state(warehouse, &access, limits, &dir.path().join("audit"), &metrics);
             let flight_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let flight = format!("grpc://{}", flight_listener.local_addr().unwrap());
             // Small limits, so the test can reach them.
