@@ -1,13 +1,23 @@
-//! Arbitrary bytes as an MQTT payload: decoding and validation must never panic, every error
-//! must name a field and a rule, and whatever is accepted must re-encode to the same event.
+//! Arbitrary bytes as an MQTT payload: splitting it into its events (JSON Lines), decoding and
+//! validation must never panic, every error must name a field and a rule, and whatever is
+//! accepted must re-encode to the same event.
 #![no_main]
 
 use chrono::{TimeZone, Utc};
 use edubrain_schemas::ack::{EdgeAck, peek_event_id};
+use edubrain_schemas::message::events_in;
 use edubrain_schemas::{Event, ValidationPolicy, validate};
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(|message: &[u8]| {
+    let events = events_in(message);
+    assert!(!events.is_empty(), "a message carries at least one event");
+    for data in events {
+        decode_validate(data);
+    }
+});
+
+fn decode_validate(data: &[u8]) {
     let _ = peek_event_id(data);
     let _ = EdgeAck::from_json(data);
     match Event::from_json(data) {
@@ -22,4 +32,4 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(e) => assert!(!e.field().is_empty() && !e.rule().is_empty(), "{e}"),
     }
-});
+}

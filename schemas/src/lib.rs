@@ -3,6 +3,7 @@
 //! - [`ack`]: the edge's application-level ack to a terminal (durable / rejected event ids).
 //! - [`dedup`]: bounded window of recently seen event ids.
 //! - [`event`]: the versioned envelope and typed payloads; JSON wire decode/encode.
+//! - [`message`]: one MQTT message carries one event or several as JSON Lines.
 //! - [`validate`]: rules beyond decoding (ids, plausible clocks, ranges, pseudonymised students).
 //! - [`topics`]: MQTT topic scheme and Kafka topic names.
 //! - [`registry`]: the school registry (master data) CSV.
@@ -18,6 +19,7 @@ pub mod dedup;
 pub mod event;
 pub mod identity;
 pub mod json_schema;
+pub mod message;
 pub mod pseudonym;
 pub mod registry;
 pub mod topics;
