@@ -1,4 +1,4 @@
-//! The edge's pure core: what to do with one MQTT message. No I/O; the clock is passed in.
+//! The edge's pure core: what to do with one event of an MQTT message. No I/O; the clock is passed in.
 
 use chrono::{DateTime, Utc};
 use edubrain_schemas::dedup::{DedupWindow, Seen, fingerprint};
@@ -32,7 +32,7 @@ pub enum Outcome {
     Reject(Rejection),
 }
 
-/// Decides the fate of one message received on `topic` by the edge of `city`.
+/// Decides the fate of one event received on `topic` by the edge of `city`.
 pub fn classify(
     city: &str,
     topic: &str,
@@ -41,7 +41,22 @@ pub fn classify(
     policy: &ValidationPolicy,
     dedup: &mut DedupWindow,
 ) -> Outcome {
-    match check(city, topic, payload, now, policy) {
+    match TerminalTopic::parse(topic) {
+        Ok(identity) => classify_from(city, &identity, payload, now, policy, dedup),
+        Err(e) => Outcome::Reject(e.into()),
+    }
+}
+
+/// [`classify`] for a sender whose topic is already parsed (the events of one message share it).
+pub fn classify_from(
+    city: &str,
+    identity: &TerminalTopic,
+    payload: &[u8],
+    now: DateTime<Utc>,
+    policy: &ValidationPolicy,
+    dedup: &mut DedupWindow,
+) -> Outcome {
+    match check_from(city, identity, payload, now, policy) {
         Ok((event, clock)) => match dedup.observe(event.header.event_id.as_u128(), fingerprint(payload)) {
             Seen::New => Outcome::Accept { event: Box::new(event), clock },
             Seen::Duplicate => Outcome::Duplicate { event_id: event.header.event_id },
@@ -66,7 +81,16 @@ pub(crate) fn check(
     now: DateTime<Utc>,
     policy: &ValidationPolicy,
 ) -> Result<(Event, Option<ClockFlag>), Rejection> {
-    let identity = TerminalTopic::parse(topic)?;
+    check_from(city, &TerminalTopic::parse(topic)?, payload, now, policy)
+}
+
+fn check_from(
+    city: &str,
+    identity: &TerminalTopic,
+    payload: &[u8],
+    now: DateTime<Utc>,
+    policy: &ValidationPolicy,
+) -> Result<(Event, Option<ClockFlag>), Rejection> {
     if identity.city != city {
         return Err(Rejection {
             field: "mqtt_topic".into(),

@@ -2,7 +2,7 @@
 //! writes each event to its write-ahead log, acknowledges it, and ships the log to Kafka.
 //!
 //! - [`config`]: TOML + env configuration.
-//! - [`classify`]: the pure core: accept / duplicate / reject (with field and rule) per message.
+//! - [`classify`]: the pure core: accept / duplicate / reject (with field and rule) per event (a message carries one, or several as JSON Lines).
 //! - [`record`]: what one WAL record holds (Kafka topic, key, headers, the raw payload).
 //! - [`rollup`]: per-window events and in-use minutes per classroom and device, to their topic.
 //! - [`throttle`]: per-terminal token buckets; over-budget events are deferred, not dropped.
@@ -54,7 +54,7 @@ use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, Publish, QoS
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-pub use classify::{Outcome, Rejection, classify};
+pub use classify::{Outcome, Rejection, classify, classify_from};
 pub use config::EdgeConfig;
 pub use metrics::EdgeMetrics;
 
@@ -112,10 +112,33 @@ pub async fn run(config: EdgeConfig, shutdown: CancellationToken) -> Result<(), 
     start(config, shutdown).await?.wait().await
 }
 
-/// Upper bound of a WAL record's size beyond its MQTT payload (key and headers are capped).
+/// Upper bound of a WAL record's size beyond the bytes it was made from. An audit record is the
+/// largest: its JSON may escape every byte of its cut line (see [`broker_log`]).
 const RECORD_OVERHEAD: usize = 8192;
+/// Upper bound of an event's WAL record beyond the event's bytes: a dead letter's headers, whose
+/// three free-text values are cut to [`MAX_HEADER_VALUE`] (checked in `record`'s tests).
+pub(crate) const EVENT_RECORD_OVERHEAD: usize = 4096;
 /// Header values (reasons, topics) are cut to this many bytes in the WAL and in Kafka.
-const MAX_HEADER_VALUE: usize = 1024;
+pub(crate) const MAX_HEADER_VALUE: usize = 1024;
+
+/// The most events one message can carry: one more than its line breaks (see
+/// [`edubrain_schemas::message`]). An upper bound, counted without parsing.
+fn events_at_most(p: &Publish) -> usize {
+    1 + p.payload.iter().filter(|b| **b == b'\n').count()
+}
+
+/// WAL bytes one message may need: its payload, plus a record's overhead for each event it can
+/// carry.
+fn wal_bytes_needed(p: &Publish) -> usize {
+    p.payload.len() + RECORD_OVERHEAD + (events_at_most(p) - 1) * EVENT_RECORD_OVERHEAD
+}
+
+/// Where an event stands in its message, for its rejection reason.
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    index: usize,
+    of: usize,
+}
 
 /// Opens the WAL (replaying what Kafka did not confirm), creates the Kafka topics, binds the
 /// HTTP listener and starts pumping MQTT into the WAL and the WAL into Kafka.
@@ -166,7 +189,7 @@ pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Ru
     tracing::info!(city = %config.city, %http_addr, mqtt = %format!("{}:{}", config.mqtt.host, config.mqtt.port), kafka = %config.kafka.brokers,
         wal = %wal_dir.display(), "edge started");
 
-    let (hot_tx, hot_rx) = mpsc::channel::<Committed>(65_536);
+    let (hot_tx, hot_rx) = mpsc::channel::<Committed>(16_384);
     let (committed_tx, committed_rx) = watch::channel(wal.next_seq());
     let (confirm_tx, confirm_rx) = mpsc::unbounded_channel();
     let ship_stop = CancellationToken::new();
@@ -203,9 +226,19 @@ pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Ru
 /// One classified message, waiting for its batch's group commit before it is acknowledged.
 struct Classified {
     publish: Publish,
-    record: Option<Vec<u8>>,
-    ack: Option<(String, TerminalAck)>,
+    /// Where its terminal reads acks (`None`: the topic names no terminal, or a broker log line).
+    acks_topic: Option<String>,
+    /// One per event the message carries, in order.
+    events: Vec<ClassifiedEvent>,
     received: Instant,
+}
+
+/// What becomes of one event: a WAL record (events or dead-letter topic) and an ack to its
+/// terminal, either of which may be absent (a duplicate writes nothing; an unreadable event id
+/// cannot be acknowledged).
+struct ClassifiedEvent {
+    record: Option<Vec<u8>>,
+    ack: Option<TerminalAck>,
 }
 
 enum TerminalAck {
@@ -302,10 +335,16 @@ impl Pump {
                 }
                 msg = rx.recv(), if !full => {
                     let Some(first) = msg else { break };
+                    // Up to a group commit's worth of events (`wal.max_batch`), so memory
+                    // follows events, not messages (a packed message carries up to 64).
+                    let mut events = events_at_most(&first);
                     backlog.push_back(first);
-                    while backlog.len() < self.config.wal.max_batch {
+                    while events < self.config.wal.max_batch {
                         match rx.try_recv() {
-                            Ok(p) => backlog.push_back(p),
+                            Ok(p) => {
+                                events += events_at_most(&p);
+                                backlog.push_back(p);
+                            }
                             Err(_) => break,
                         }
                     }
@@ -366,7 +405,7 @@ impl Pump {
     }
 
     fn has_room_for(&self, p: &Publish) -> bool {
-        self.wal.as_ref().expect("wal").has_room_for(p.payload.len() + RECORD_OVERHEAD)
+        self.wal.as_ref().expect("wal").has_room_for(wal_bytes_needed(p))
     }
 
     /// Classifies as much of `backlog` as fits in the WAL, commits it as one batch, then
@@ -377,36 +416,42 @@ impl Pump {
             wal.max_bytes().saturating_sub(wal.disk_bytes()) as usize
         };
         let mut batch = Vec::new();
-        while batch.len() < self.config.wal.max_batch {
+        let mut events = 0;
+        while events < self.config.wal.max_batch {
             let Some(front) = backlog.front() else { break };
-            let need = front.payload.len() + RECORD_OVERHEAD;
+            let need = wal_bytes_needed(front);
             if need > budget {
                 break;
             }
             budget -= need;
+            events += events_at_most(front);
             let publish = backlog.pop_front().expect("front exists");
             batch.push(self.classify(publish));
         }
         if batch.is_empty() {
             return Ok(());
         }
-        let records: Vec<Option<Vec<u8>>> = batch.iter_mut().map(|c| c.record.take()).collect();
+        let records: Vec<Option<Vec<u8>>> = batch.iter_mut().flat_map(|c| c.events.iter_mut().map(|e| e.record.take())).collect();
         // A failed write or fsync is fatal: nothing in this batch was acknowledged, so the broker
         // redelivers it; carrying on could acknowledge what is not on disk.
-        let written = self.write_wal(records).await?;
-        self.metrics.wal_commit_events.observe(batch.len() as f64);
+        let mut written = self.write_wal(records).await?.into_iter();
+        self.metrics.wal_commit_events.observe(batch.iter().map(|c| c.events.len()).sum::<usize>() as f64);
 
         let mut acks: BTreeMap<String, EdgeAck> = BTreeMap::new();
-        for (c, record) in batch.into_iter().zip(written) {
+        for c in batch {
             if let Err(e) = client.ack(&c.publish).await {
                 tracing::warn!(error = %e, "could not queue MQTT ack; the broker will redeliver");
             }
-            if let Some((seq, bytes)) = record {
-                // Full channel: the shipper reads this record from disk instead.
-                let _ = self.hot.try_send((seq, Arc::new(bytes), Some(c.received)));
-            }
-            if let Some((topic, ack)) = c.ack {
-                let entry = acks.entry(topic).or_default();
+            for event in c.events {
+                if let Some((seq, bytes)) = written.next().expect("one slot per event") {
+                    // Full channel: the shipper reads this record from disk instead.
+                    let _ = self.hot.try_send((seq, Arc::new(bytes), Some(c.received)));
+                }
+                let (Some(topic), Some(ack)) = (&c.acks_topic, event.ack) else { continue };
+                let entry = match acks.get_mut(topic) {
+                    Some(entry) => entry,
+                    None => acks.entry(topic.clone()).or_default(),
+                };
                 match ack {
                     TerminalAck::Durable(id) => entry.durable.push(id),
                     TerminalAck::Rejected(r) => entry.rejected.push(r),
@@ -431,26 +476,59 @@ impl Pump {
         Ok(())
     }
 
+    /// Classifies every event of one message (one, or several as JSON Lines; see
+    /// [`edubrain_schemas::message`]). The events share the message's topic, so its identity
+    /// is parsed once; each is then rate-limited, checked, deduplicated and dead-lettered on
+    /// its own, so one bad event does not hold back the good ones beside it.
     fn classify(&mut self, publish: Publish) -> Classified {
         if broker_log::is_broker_log(&publish.topic) {
             return self.audit_broker_line(publish);
         }
-        let m = &self.metrics;
-        m.messages_received.inc();
-        m.received_bytes.inc_by(publish.payload.len() as u64);
+        self.metrics.messages_received.inc();
+        self.metrics.received_bytes.inc_by(publish.payload.len() as u64);
         let received = Instant::now();
-        let publish = match self.throttle(publish, received) {
-            Ok(deferred) => return deferred,
-            Err(publish) => publish,
-        };
-        let m = &self.metrics;
         let now = Utc::now();
+        let identity = TerminalTopic::parse(&publish.topic).map_err(Rejection::from);
+        let acks_topic = identity.as_ref().ok().map(TerminalTopic::acks_topic);
+        let lines = edubrain_schemas::message::events_in(&publish.payload);
+        self.metrics.message_events.observe(lines.len() as f64);
+        let events = lines
+            .iter()
+            .enumerate()
+            .map(|(i, line)| self.classify_event(&publish.topic, &identity, line, Position { index: i, of: lines.len() }, received, now))
+            .collect();
+        Classified { acks_topic, events, received, publish }
+    }
+
+    fn classify_event(
+        &mut self,
+        topic: &str,
+        identity: &Result<TerminalTopic, Rejection>,
+        payload: &[u8],
+        at: Position,
+        received: Instant,
+        now: chrono::DateTime<Utc>,
+    ) -> ClassifiedEvent {
+        // Over its terminal's budget: deferred when the event id can be read to say so. An
+        // unreadable event goes on to classification (and the dead-letter topic).
+        if identity.is_ok()
+            && let Admission::RetryAfter(after) = self.limiter.admit(topic, received)
+            && let Some(id) = peek_event_id(payload)
+        {
+            self.metrics.events_throttled.inc();
+            return ClassifiedEvent { record: None, ack: Some(TerminalAck::Deferred(id, after)) };
+        }
+        let m = &self.metrics;
         let received_ms = now.timestamp_millis().to_string();
-        let city = self.config.city.clone();
-        let (record, ack) = match classify(&city, &publish.topic, &publish.payload, now, &self.policy, &mut self.dedup) {
+        let city = &self.config.city;
+        let outcome = match identity {
+            Ok(identity) => classify_from(city, identity, payload, now, &self.policy, &mut self.dedup),
+            Err(r) => Outcome::Reject(r.clone()),
+        };
+        match outcome {
             Outcome::Accept { event, clock } => {
                 m.events_accepted.with_label_values(&[event.event_type().as_str()]).inc();
-                let mut headers = vec![("edubrain.received_ms", received_ms), ("edubrain.edge_city", city)];
+                let mut headers = vec![("edubrain.received_ms", received_ms), ("edubrain.edge_city", city.clone())];
                 // A wrong device clock would put the event in the wrong window: not in rollups.
                 if clock.is_none() && self.rollups.observe(&event) == Observed::Late {
                     m.rollup_late_events.inc();
@@ -464,24 +542,25 @@ impl Pump {
                     event_id: Some(event.header.event_id.as_u128()),
                     key: event.header.classroom.clone(),
                     headers,
-                    payload: publish.payload.to_vec(),
+                    payload: payload.to_vec(),
                 };
-                let acks = TerminalTopic::from_header(&event.header).acks_topic();
-                (Some(record.encode()), Some((acks, TerminalAck::Durable(event.header.event_id))))
+                ClassifiedEvent { record: Some(record.encode()), ack: Some(TerminalAck::Durable(event.header.event_id)) }
             }
+            // A duplicate passed the same checks as its first copy: its topic is valid.
             Outcome::Duplicate { event_id } => {
                 m.events_duplicate.inc();
-                // A duplicate passed the same checks as its first copy: its topic is valid.
-                let acks = TerminalTopic::parse(&publish.topic).ok().map(|t| t.acks_topic());
-                (None, acks.map(|a| (a, TerminalAck::Durable(event_id))))
+                ClassifiedEvent { record: None, ack: Some(TerminalAck::Durable(event_id)) }
             }
-            Outcome::Reject(r) => {
+            Outcome::Reject(mut r) => {
+                if at.of > 1 {
+                    r.reason = format!("{} (event {} of {} in the message)", r.reason, at.index + 1, at.of);
+                }
                 m.events_rejected.with_label_values(&[r.rule]).inc();
-                tracing::warn!(topic = %publish.topic, field = %r.field, rule = r.rule, reason = %r.reason, "event rejected to dead-letter");
+                tracing::warn!(topic = %topic, field = %r.field, rule = r.rule, reason = %r.reason, "event rejected to dead-letter");
                 // Acknowledged only when both the sender (its topic) and the event id are readable.
-                let ack = peek_event_id(&publish.payload).zip(TerminalTopic::parse(&publish.topic).ok()).map(|(id, t)| {
-                    (t.acks_topic(), TerminalAck::Rejected(RejectedEvent { event_id: id, rule: r.rule.into(), reason: r.reason.clone() }))
-                });
+                let ack = peek_event_id(payload)
+                    .filter(|_| identity.is_ok())
+                    .map(|id| TerminalAck::Rejected(RejectedEvent { event_id: id, rule: r.rule.into(), reason: r.reason.clone() }));
                 // The raw bytes are kept exactly as received; the context travels in headers.
                 let record = WalRecord {
                     destination: Destination::DeadLetter,
@@ -491,16 +570,15 @@ impl Pump {
                         ("edubrain.rule", r.rule.to_string()),
                         ("edubrain.field", record::cut(&r.field, MAX_HEADER_VALUE).to_string()),
                         ("edubrain.reason", record::cut(&r.reason, MAX_HEADER_VALUE).to_string()),
-                        ("edubrain.mqtt_topic", record::cut(&publish.topic, MAX_HEADER_VALUE).to_string()),
-                        ("edubrain.edge_city", city),
+                        ("edubrain.mqtt_topic", record::cut(topic, MAX_HEADER_VALUE).to_string()),
+                        ("edubrain.edge_city", city.clone()),
                         ("edubrain.received_ms", received_ms),
                     ],
-                    payload: publish.payload.to_vec(),
+                    payload: payload.to_vec(),
                 };
-                (Some(record.encode()), ack)
+                ClassifiedEvent { record: Some(record.encode()), ack }
             }
-        };
-        Classified { publish, record, ack, received }
+        }
     }
 
     /// Counts a broker log line that records a refusal and keeps it as an audit record; any
@@ -534,7 +612,8 @@ impl Pump {
             }
             .encode()
         });
-        Classified { publish, record, ack: None, received }
+        drop(text); // it borrows `publish`, which moves next
+        Classified { publish, acks_topic: None, events: vec![ClassifiedEvent { record, ack: None }], received }
     }
 
     /// Closes the rollup windows that are due and writes them to the WAL, which ships them to
@@ -591,17 +670,6 @@ impl Pump {
         let written = written?;
         self.metrics.wal_fsync_duration.observe(took.as_secs_f64());
         Ok(written)
-    }
-
-    /// Defers `publish` when its terminal is over budget and the event id can be read to say
-    /// so. An unreadable message goes on to classification (and the dead-letter topic).
-    fn throttle(&mut self, publish: Publish, received: Instant) -> Result<Classified, Publish> {
-        let Admission::RetryAfter(after) = self.limiter.admit(&publish.topic, received) else { return Err(publish) };
-        let Some((id, topic)) = peek_event_id(&publish.payload).zip(TerminalTopic::parse(&publish.topic).ok()) else {
-            return Err(publish);
-        };
-        self.metrics.events_throttled.inc();
-        Ok(Classified { publish, record: None, ack: Some((topic.acks_topic(), TerminalAck::Deferred(id, after))), received })
     }
 
     async fn truncate(&mut self) -> Result<(), EdgeError> {

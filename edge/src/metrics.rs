@@ -25,6 +25,7 @@ pub struct EdgeMetrics {
     pub wal_full_waits: IntCounter,
     pub wal_fsync_duration: Histogram,
     pub wal_commit_events: Histogram,
+    pub message_events: Histogram,
     pub wal_replayed_records: IntCounter,
     pub wal_damaged_bytes: IntCounter,
     pub kafka_replays: IntCounter,
@@ -102,8 +103,13 @@ impl EdgeMetrics {
             wal_fsync_duration: histogram("wal_fsync_duration_seconds", "Duration of one WAL group commit (write + fdatasync)", seconds),
             wal_commit_events: histogram(
                 "wal_commit_events",
-                "Messages per WAL group commit",
-                vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0],
+                "Events per WAL group commit",
+                vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0],
+            ),
+            message_events: histogram(
+                "mqtt_message_events",
+                "Events per MQTT message from terminals (a terminal with a backlog packs it as JSON Lines)",
+                vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
             ),
             wal_replayed_records: counter("wal_replayed_records_total", "Unconfirmed WAL records found at start-up and shipped again"),
             wal_damaged_bytes: counter(

@@ -180,6 +180,41 @@ mod tests {
     }
 
     #[test]
+    fn an_events_largest_record_fits_its_budgeted_overhead() {
+        // The largest record an event becomes: a dead letter with every free-text header at its
+        // cut length and the longest city id, next to an accepted event's (key: an id of <= 64).
+        let (city, value) = ("c".repeat(64), "x".repeat(crate::MAX_HEADER_VALUE));
+        let dead = WalRecord {
+            destination: Destination::DeadLetter,
+            event_id: None,
+            key: city.clone(),
+            headers: vec![
+                ("edubrain.rule", "identity_matches_topic_and_some_more".into()),
+                ("edubrain.field", value.clone()),
+                ("edubrain.reason", value.clone()),
+                ("edubrain.mqtt_topic", value),
+                ("edubrain.edge_city", city.clone()),
+                ("edubrain.received_ms", i64::MAX.to_string()),
+            ],
+            payload: vec![],
+        };
+        let accepted = WalRecord {
+            destination: Destination::Events,
+            event_id: Some(u128::MAX),
+            key: "r".repeat(64),
+            headers: vec![
+                ("edubrain.received_ms", i64::MAX.to_string()),
+                ("edubrain.edge_city", city),
+                ("edubrain.clock_flag", "device_clock_unset_or_far_behind".into()),
+            ],
+            payload: vec![],
+        };
+        for r in [dead, accepted] {
+            assert!(r.encode().len() <= crate::EVENT_RECORD_OVERHEAD, "{:?}: {} bytes", r.destination, r.encode().len());
+        }
+    }
+
+    #[test]
     fn truncated_or_foreign_records_are_errors_not_panics() {
         let r = WalRecord { destination: Destination::Events, event_id: None, key: "r1".into(), headers: vec![], payload: b"{}".to_vec() };
         let bytes = r.encode();

@@ -33,8 +33,10 @@ use crate::{EdgeError, kafka};
 /// its message was received (for the latency histogram).
 pub(crate) type Committed = (u64, Arc<Vec<u8>>, Option<Instant>);
 
-/// Records enqueued in librdkafka and not yet confirmed, at most.
-const MAX_IN_FLIGHT: usize = 100_000;
+/// Records enqueued in librdkafka and not yet confirmed, at most: about half a second of a
+/// busy hub's events, enough to keep Kafka's pipeline full while bounding the edge's memory
+/// when terminals deliver faster than Kafka confirms.
+const MAX_IN_FLIGHT: usize = 20_000;
 
 pub(crate) struct Shipper {
     pub kafka: KafkaConfig,

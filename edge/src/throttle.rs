@@ -1,7 +1,7 @@
 //! Per-terminal rate limiting (token buckets), so one noisy or looping terminal cannot take the
 //! edge's WAL bandwidth and Kafka quota from the rest of its city. Pure: time is passed in.
 //!
-//! A message over its terminal's budget is not dropped: the edge answers it with a `deferred`
+//! An event over its terminal's budget is not dropped: the edge answers it with a `deferred`
 //! ack and a retry delay, and the event stays in the terminal's durable outbox until a resend
 //! fits the budget. It never reaches the WAL, so it costs the edge one topic lookup and one
 //! id peek.
@@ -16,7 +16,7 @@ pub struct RateLimit {
     pub burst: f64,
 }
 
-/// The verdict on one message.
+/// The verdict on one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
     Admit,

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use edubrain_schemas::Event;
 use edubrain_schemas::ack::EdgeAck;
 use edubrain_schemas::identity::{derived_password, terminal_username};
+use edubrain_schemas::message::Packing;
 use edubrain_schemas::topics::TerminalTopic;
 use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
 use tokio::time::Instant;
@@ -37,15 +38,41 @@ pub struct MqttTarget {
     /// MQTT keepalive: the broker drops a terminal it hears nothing from for 1.5 times this.
     #[serde(default = "default_keepalive_secs")]
     pub keepalive_secs: u64,
+    /// Events a terminal with a backlog packs into one MQTT message (JSON Lines, see
+    /// [`edubrain_schemas::message`]), up to [`PACK_MAX_BYTES`]; 1 sends one event per message.
+    /// A terminal that is keeping up has one event at a time to send and sends it at once.
+    #[serde(default = "default_pack_max_events")]
+    pub pack_max_events: usize,
 }
 
 fn default_keepalive_secs() -> u64 {
     20
 }
 
+fn default_pack_max_events() -> usize {
+    64
+}
+
+/// The most payload bytes packed into one message: under the broker's 64 KiB message limit
+/// (`deploy/mosquitto/edubrain.conf`) with room to spare.
+pub const PACK_MAX_BYTES: usize = 48 * 1024;
+
 impl MqttTarget {
     pub fn new(host: &str, port: u16) -> Self {
-        Self { host: host.into(), port, provisioning_secret: None, password: None, tls: None, keepalive_secs: default_keepalive_secs() }
+        Self {
+            host: host.into(),
+            port,
+            provisioning_secret: None,
+            password: None,
+            tls: None,
+            keepalive_secs: default_keepalive_secs(),
+            pack_max_events: default_pack_max_events(),
+        }
+    }
+
+    /// How this terminal packs a backlog into messages.
+    pub fn packing(&self) -> Packing {
+        Packing { max_events: self.pack_max_events.max(1), max_bytes: PACK_MAX_BYTES }
     }
 
     pub fn with_secret(mut self, secret: &str) -> Self {
@@ -138,6 +165,8 @@ pub async fn publish_terminal(
     let (client, mut eventloop) = AsyncClient::new(opts, 64);
     let topic_name = topic.events_topic();
     let total = events.len() as u64;
+    // Events per message, in publish order: a PUBACK acknowledges the events of its message.
+    let (packed_tx, mut packed_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
 
     // The event loop must be polled continuously (keepalives, acks) while we publish.
     let loop_progress = progress.clone();
@@ -152,8 +181,9 @@ pub async fn publish_terminal(
             };
             match ev {
                 Ok(MqttEvent::Incoming(Packet::PubAck(_))) => {
-                    acked += 1;
-                    loop_progress.acked.fetch_add(1, Ordering::Relaxed);
+                    let n = packed_rx.try_recv().unwrap_or(1);
+                    acked += n;
+                    loop_progress.acked.fetch_add(n, Ordering::Relaxed);
                 }
                 Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
                     loop_progress.connections.fetch_add(1, Ordering::Relaxed);
@@ -175,16 +205,30 @@ pub async fn publish_terminal(
         acked
     });
 
-    for event in events {
+    let packing = target.packing();
+    let mut next = 0usize;
+    while next < events.len() {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep_until(pacing.due(event.header.event_time)) => {}
+            _ = tokio::time::sleep_until(pacing.due(events[next].header.event_time)) => {}
         }
-        client
-            .publish(topic_name.as_str(), QoS::AtLeastOnce, false, event.to_json())
-            .await
-            .map_err(|e| AgentError::Mqtt(format!("publish on {topic_name}: {e}")))?;
-        progress.published.fetch_add(1, Ordering::Relaxed);
+        // Everything due by now goes out packed, as a terminal with a backlog sends it.
+        let now = Instant::now();
+        let due = events[next..].iter().take_while(|e| pacing.due(e.header.event_time) <= now).count().max(1);
+        let json: Vec<Vec<u8>> = events[next..next + due].iter().map(Event::to_json).collect();
+        let mut rest = &json[..];
+        while !rest.is_empty() {
+            let n = packing.take(rest.iter().map(Vec::len));
+            let (pack, tail) = rest.split_at(n);
+            let _ = packed_tx.send(n as u64);
+            client
+                .publish(topic_name.as_str(), QoS::AtLeastOnce, false, Packing::join(pack.iter().map(Vec::as_slice)))
+                .await
+                .map_err(|e| AgentError::Mqtt(format!("publish on {topic_name}: {e}")))?;
+            progress.published.fetch_add(n as u64, Ordering::Relaxed);
+            rest = tail;
+        }
+        next += due;
     }
     let acked = poller.await.map_err(|e| AgentError::Mqtt(format!("event loop of {}: {e}", topic.terminal)))?;
     let _ = client.try_disconnect();
@@ -368,16 +412,23 @@ pub async fn send_outbox(
         (handle, stop_guard)
     };
 
-    // Publishes `items` and marks them sent. Never waits on the client: an event the full
-    // request queue refuses stays due and goes out with the next resend tick (marking it sent
-    // would park it for the whole resend timeout, which the rate-limit test caught).
+    // Publishes `items`, packed (see [`Packing`]), and marks them sent. Never waits on the
+    // client: events of a message the full request queue refuses stay due and go out with the
+    // next resend tick (marking them sent would park them for the whole resend timeout, which
+    // the rate-limit test caught).
+    let packing = target.packing();
     let send = |items: Vec<crate::outbox::OutboxEvent>| {
         let mut sent = Vec::with_capacity(items.len());
-        for (id, payload) in items {
-            if client.try_publish(events_topic.as_str(), QoS::AtLeastOnce, false, payload.to_vec()).is_err() {
+        let mut rest = &items[..];
+        while !rest.is_empty() {
+            let n = packing.take(rest.iter().map(|(_, p)| p.len()));
+            let (pack, tail) = rest.split_at(n);
+            let payload = Packing::join(pack.iter().map(|(_, p)| p.as_slice()));
+            if client.try_publish(events_topic.as_str(), QoS::AtLeastOnce, false, payload).is_err() {
                 break;
             }
-            sent.push(id);
+            sent.extend(pack.iter().map(|(id, _)| *id));
+            rest = tail;
         }
         let n = sent.len() as u64;
         outbox.lock().expect("outbox lock").mark_sent(sent, Instant::now().into_std());
