@@ -18,7 +18,7 @@
 //!    Before the suite the files are compacted as the cloud's maintenance does
 //!    (`EDUBRAIN_BENCH_COMPACT=0` skips it).
 //!
-//! Run: `scripts/bench warehouse`, or `cargo bench --profile dev -p edubrain-cloud --bench
+//! Run: `scripts/bench warehouse`, or `cargo bench --profile dev --workspace --bench
 //! warehouse` with `EDUBRAIN_BENCH_PYTHON` pointing at a python with duckdb and pyarrow.
 //! `EDUBRAIN_BENCH_WAREHOUSE_EVENTS` sets the count (default 5,000,000; the 100M fits
 //! on disk at about 25 bytes an event). `EDUBRAIN_BENCH_DIR` keeps the warehouse in that

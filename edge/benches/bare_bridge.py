@@ -1,7 +1,8 @@
 """The baseline of the edge benchmark: the MQTT-to-Kafka bridge users write by hand.
 
-Reads one MQTT payload per line from stdin (`mosquitto_sub -q 1 ...`) and produces each to
-Kafka with the same durability settings as the edge (idempotent, acks=all), keyed by nothing.
+Reads MQTT payloads from stdin (`mosquitto_sub -q 1 ...` prints each followed by a line break,
+so a message packing several events as JSON Lines prints as one line per event) and produces
+each line to Kafka with the same durability settings as the edge (idempotent, acks=all), keyed by nothing.
 No validation, no dedup, no dead-letter, no ack-after-Kafka: that is what makes it a baseline.
 """
 

@@ -4,10 +4,13 @@
 //! Prints events/s, the edge's receipt-to-Kafka-ack latency percentiles (histogram buckets),
 //! CPU seconds per event of each pipeline's processes, and their peak RSS, with ratios.
 //!
-//! Run: `cargo bench --profile dev -p edubrain-edge --bench edge_throughput` (the workspace's
+//! Run: `cargo bench --profile dev --workspace --bench edge_throughput` (the workspace's
 //! one profile; the edge and schemas crates are optimised in it) after `scripts/ensure-tools`,
 //! with `EDUBRAIN_BENCH_PYTHON` pointing at a python with confluent-kafka; default
-//! `~/.cache/edubrain/tools/bench-venv/bin/python`). `EDUBRAIN_BENCH_EVENTS` sets the count.
+//! `~/.cache/edubrain/tools/bench-venv/bin/python`). `EDUBRAIN_BENCH_EVENTS` sets the count,
+//! `EDUBRAIN_BENCH_PACK` the events per MQTT message (both pipelines get the same messages; the
+//! bridge, like the edge, produces one Kafka record per line), `EDUBRAIN_BENCH_SOAK_ROUNDS` the
+//! rounds of the long run after the measured one (edge RSS after each).
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -46,8 +49,19 @@ struct Run {
     rss: u64,
 }
 
+/// Events per MQTT message: every terminal publishes its whole backlog at once, so it packs
+/// `EDUBRAIN_BENCH_PACK` events (default the terminals' default, 64) per message; 1 gives the
+/// one-event-per-message load of earlier runs.
+fn pack_max_events() -> usize {
+    std::env::var("EDUBRAIN_BENCH_PACK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| MqttTarget::new("127.0.0.1", 0).pack_max_events)
+}
+
 async fn publish(events: &[edubrain_schemas::Event], port: u16) {
-    let target = MqttTarget::new("127.0.0.1", port).with_secret(DEMO_PROVISIONING_SECRET);
+    let mut target = MqttTarget::new("127.0.0.1", port).with_secret(DEMO_PROVISIONING_SECRET);
+    target.pack_max_events = pack_max_events();
     let pacing = Pacing { sim_start: events[0].header.event_time, wall_start: tokio::time::Instant::now(), speed: f64::INFINITY };
     let summary =
         edubrain_agent::publish_all(&target, events.to_vec(), pacing, Default::default(), CancellationToken::new()).await.expect("publish");
@@ -145,9 +159,10 @@ async fn main() {
     let n = events.len() as i64;
     let bytes: usize = events.iter().map(|e| e.to_json().len()).sum();
     println!(
-        "edge benchmark: {n} events ({:.0} bytes average) from {} terminals, Mosquitto + Tansu (memory) on loopback",
+        "edge benchmark: {n} events ({:.0} bytes average) from {} terminals, up to {} per MQTT message, Mosquitto + Tansu (memory) on loopback",
         bytes as f64 / n as f64,
-        p.classrooms().count()
+        p.classrooms().count(),
+        pack_max_events()
     );
 
     // 1. The edge process.
@@ -199,6 +214,7 @@ async fn main() {
     publisher.await.unwrap();
     let metrics = http_get(&http, "/metrics");
     let (p50, p99) = (percentile_from_metrics(&metrics, 0.5), percentile_from_metrics(&metrics, 0.99));
+    soak(&p, days, n, mosquitto.port, &http, edge.id()).await;
     drop(edge);
     // A killed edge leaves its persistent session subscribed; the broker would keep queueing the
     // bridge phase's events for it. A clean-session connect with its client id removes it.
@@ -273,6 +289,76 @@ async fn main() {
         per_event(&edge_run) / per_event(&bridge_run),
         edge_run.rss as f64 / bridge_run.rss as f64
     );
+}
+
+/// The long run (`EDUBRAIN_BENCH_SOAK_ROUNDS=R`, default 0): R more rounds of fresh events
+/// (a new simulation seed each, so none is a duplicate) through the same edge, printing its
+/// resident memory after each, to show it stays flat. Rounds are counted by the edge's own
+/// Kafka delivery confirmations.
+async fn soak(p: &edubrain_agent::Province, days: u32, n: i64, port: u16, http: &str, pid: u32) {
+    let rounds: u64 = std::env::var("EDUBRAIN_BENCH_SOAK_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    if rounds == 0 {
+        return;
+    }
+    let delivered = |http: &str| -> f64 {
+        http_get(http, "/metrics")
+            .lines()
+            .filter(|l| l.starts_with("edubrain_edge_kafka_delivered_total{") && l.contains("topic=\"edubrain.events.v1\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let rss_mb = |pid: u32| -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let kb: f64 =
+            status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0.0);
+        kb / 1024.0
+    };
+    println!("soak: {rounds} more rounds of about {n} fresh events through the same edge");
+    let started = Instant::now();
+    let mut total = n as f64;
+    let mut samples = Vec::new();
+    let mut last_round = Instant::now();
+    for round in 1..=rounds {
+        let sim = edubrain_agent::SimulationSpec {
+            first_day: NaiveDate::from_ymd_opt(2026, 11, 2).unwrap(),
+            school_days: days,
+            heartbeat_minutes: 15,
+            seed: 1 + round,
+        };
+        let events = simulate::simulate(p, &sim);
+        total += events.len() as f64;
+        // A terminal sustains its rate limit, not more: over it, the edge defers events, which
+        // only a terminal with an outbox resends (this publisher has none). So a round starts
+        // no sooner than the busiest terminal's bucket has refilled from the last one.
+        let mut per_terminal = std::collections::HashMap::<&str, f64>::new();
+        for e in &events {
+            *per_terminal.entry(e.header.terminal.as_str()).or_default() += 1.0;
+        }
+        let per_terminal = per_terminal.into_values().fold(0.0, f64::max);
+        let refill = Duration::from_secs_f64(per_terminal / edubrain_edge::config::RateLimitConfig::default().events_per_second);
+        if let Some(wait) = refill.checked_sub(last_round.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+        last_round = Instant::now();
+        let t = Instant::now();
+        publish(&events, port).await;
+        while delivered(http) < total {
+            assert!(t.elapsed() < Duration::from_secs(600), "soak round {round} not delivered within 600 s");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let rss = rss_mb(pid);
+        samples.push(rss);
+        println!(
+            "  round {round}: {} events in {:.1} s ({:.0} events/s), edge RSS {rss:.1} MB, {:.0} s elapsed",
+            events.len(),
+            t.elapsed().as_secs_f64(),
+            events.len() as f64 / t.elapsed().as_secs_f64(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let (first, last) = (samples[0], samples[samples.len() - 1]);
+    let max = samples.iter().cloned().fold(0.0, f64::max);
+    println!("soak: {total:.0} events, edge RSS after round 1 {first:.1} MB, after the last {last:.1} MB, max {max:.1} MB");
 }
 
 /// Connects as `user` (its client id, under `use_username_as_clientid`) with a clean session

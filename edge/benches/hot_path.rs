@@ -1,7 +1,7 @@
 //! Per-event cost of each pure stage of the edge's hot path, in-process, on a simulated city's
 //! week (about 79k events): decode, fingerprint, classify (decode + topic + identity + validate +
 //! dedup), rollup, rate limit. Where the edge's CPU goes besides MQTT, the WAL and Kafka, which
-//! `edge_throughput` measures end to end. `cargo bench --profile dev -p edubrain-edge --bench hot_path`.
+//! `edge_throughput` measures end to end. `cargo bench --profile dev --workspace --bench hot_path`.
 //! The rollup figure overstates the edge's: here no window closes, so its state only grows.
 use std::time::Instant;
 
