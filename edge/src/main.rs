@@ -7,11 +7,6 @@ use edubrain_edge::EdgeConfig;
 use edubrain_edge::replay::{self, ReplayOptions, ReplayProgress};
 use edubrain_edge::status::{EdgeStatus, parse_exposition};
 
-// glibc malloc kept ~60 MB more resident in the edge benchmark (per-thread arenas fragmented by
-// packed messages' payloads); mimalloc is already the cloud's allocator.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// edubrain city edge: MQTT in, validated and deduplicated events out to Kafka.
 #[derive(Parser)]
 #[command(version, subcommand_negates_reqs = true)]
