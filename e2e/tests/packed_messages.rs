@@ -8,7 +8,6 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use edubrain_brokers::{Mosquitto, Storage, Tansu};
-use edubrain_edge::EdgeConfig;
 use edubrain_schemas::ack::EdgeAck;
 use edubrain_schemas::event::BandwidthSampled;
 use edubrain_schemas::identity::{derived_password, terminal_username};
@@ -48,10 +47,7 @@ async fn each_line_of_a_packed_message_is_its_own_event() {
     let mosquitto = Mosquitto::start(&dir.path().join("mosquitto"), &users).unwrap();
     let tansu = Tansu::start(&dir.path().join("tansu"), Storage::Memory).unwrap();
     let shutdown = CancellationToken::new();
-    let mut config = EdgeConfig::on_loopback("c01", mosquitto.port, &tansu.bootstrap(), &dir.path().join("edge-wal"));
-    config.login_with(SECRET);
-    let edge = edubrain_edge::start(config, shutdown.clone()).await.unwrap();
-    edubrain_e2e::wait_subscribed(&edge).await;
+    let edge = edubrain_e2e::start_edges(&["c01"], mosquitto.port, &tansu.bootstrap(), dir.path(), SECRET, &shutdown).await.remove(0);
 
     let (good_1, good_2) = (sample(1, &me).to_json(), sample(2, &me).to_json());
     let claims_other = sample(3, &other).to_json();
