@@ -21,11 +21,17 @@
 //! Recovery at [`Wal::open`] reads every segment, checks every frame, and on a bad frame scans
 //! forward for the next valid one, so one flipped bit costs one record, not the rest of the log.
 //! A damaged segment is rewritten with only its valid records, so the damage is reported once.
+//!
+//! [`Outstanding`] tracks which sequence numbers are unconfirmed (here, and in the edge's
+//! shipper for records in flight).
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+
+mod outstanding;
+pub use outstanding::Outstanding;
 
 const HEADER: usize = 16;
 const SEGMENT_EXT: &str = "wal";
@@ -132,7 +138,7 @@ pub struct Wal {
     writer: BufWriter<File>,
     next_seq: u64,
     /// Appended (and recovered) records not yet confirmed.
-    outstanding: BTreeSet<u64>,
+    outstanding: Outstanding,
     /// The checkpoint last written.
     checkpointed: u64,
     uncommitted: bool,
@@ -202,12 +208,11 @@ impl Wal {
         crc.update(&seq.to_le_bytes());
         crc.update(payload);
         let active = self.segments.back_mut().expect("active segment");
-        let path = active.path.clone();
         let mut header = [0u8; HEADER];
         header[0..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
         header[4..8].copy_from_slice(&crc.finalize().to_le_bytes());
         header[8..16].copy_from_slice(&seq.to_le_bytes());
-        self.writer.write_all(&header).and_then(|_| self.writer.write_all(payload)).map_err(io_err(&path))?;
+        self.writer.write_all(&header).and_then(|_| self.writer.write_all(payload)).map_err(io_err(&active.path))?;
         active.bytes += frame;
         active.last_seq = Some(seq);
         self.next_seq += 1;
@@ -235,12 +240,12 @@ impl Wal {
 
     /// Marks a record as delivered downstream. Order does not matter.
     pub fn confirm(&mut self, seq: u64) {
-        self.outstanding.remove(&seq);
+        self.outstanding.remove(seq);
     }
 
     /// The lowest sequence number not yet confirmed (everything below is).
     pub fn confirmed_below(&self) -> u64 {
-        self.outstanding.first().copied().unwrap_or(self.next_seq)
+        self.outstanding.first().unwrap_or(self.next_seq)
     }
 
     /// Deletes segments whose records are all confirmed (never the one being written), then
@@ -326,36 +331,81 @@ impl Drop for Wal {
     }
 }
 
-/// Reads committed records with sequence numbers `>= from`, from the first segment holding any:
-/// at most one segment per call, so a reader's memory stays bounded by the segment size. For a
-/// shipper that fell behind the writer (or replays after a failure) while the [`Wal`] keeps
-/// appending in the same directory. Stops at the first incomplete frame, which is a write in
-/// progress; the caller bounds what it trusts by the sequence numbers the writer has committed.
-pub fn read_from(dir: &Path, from: u64, max_record_bytes: u32) -> Result<Vec<(u64, Vec<u8>)>, WalError> {
-    let segments = list_segments(dir)?;
-    for (i, (_, path)) in segments.iter().enumerate() {
-        if segments.get(i + 1).is_some_and(|(next_first, _)| *next_first <= from) {
-            continue;
-        }
-        let buf = match fs::read(path) {
-            Ok(b) => b,
-            // Deleted after every record in it was confirmed: nothing there for a reader.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(WalError::Io { path: path.clone(), source: e }),
-        };
-        let mut out = Vec::new();
-        let mut pos = 0;
-        while let Some((seq, payload)) = frame_at(&buf, pos, max_record_bytes) {
-            if seq >= from {
-                out.push((seq, payload.to_vec()));
-            }
-            pos += HEADER + payload.len();
-        }
-        if !out.is_empty() {
-            return Ok(out);
-        }
+/// Reads committed records in sequence order while a [`Wal`] keeps appending in the same
+/// directory: for a shipper that fell behind the writer, or replays after a failure. It
+/// remembers where its last read ended (segment and byte offset), so tailing the log reads each
+/// byte once, in chunks of about `chunk_bytes`: memory stays bounded by the chunk, not the
+/// segment. Reading from anywhere else starts at the beginning of the segment holding it.
+/// Stops at the first incomplete frame, which is a write in progress; the caller bounds what it
+/// trusts by the sequence numbers the writer has committed.
+#[derive(Debug)]
+pub struct WalReader {
+    dir: PathBuf,
+    max_record_bytes: u32,
+    chunk_bytes: usize,
+    /// Where the last read ended: (first sequence number of the segment, byte offset, the
+    /// sequence number of the frame there).
+    at: Option<(u64, u64, u64)>,
+}
+
+impl WalReader {
+    pub fn new(dir: &Path, max_record_bytes: u32, chunk_bytes: usize) -> Self {
+        // A chunk always holds at least one whole frame.
+        let chunk_bytes = chunk_bytes.max(HEADER + max_record_bytes as usize);
+        Self { dir: dir.to_path_buf(), max_record_bytes, chunk_bytes, at: None }
     }
-    Ok(Vec::new())
+
+    /// Records with sequence numbers `>= from`, oldest first: about one chunk of them, at least
+    /// one if any is there, and none only when there is nothing at or after `from` yet.
+    pub fn read(&mut self, from: u64) -> Result<Vec<(u64, Vec<u8>)>, WalError> {
+        let segments = list_segments(&self.dir)?;
+        let holding = |from: u64| segments.iter().rposition(|(first, _)| *first <= from).unwrap_or(0);
+        let (mut index, mut offset) = match self.at {
+            Some((segment, offset, next)) if next == from => match segments.iter().position(|(first, _)| *first == segment) {
+                Some(i) => (i, offset),
+                None => (holding(from), 0),
+            },
+            _ => (holding(from), 0),
+        };
+        while let Some((first, path)) = segments.get(index) {
+            let mut buf = Vec::with_capacity(self.chunk_bytes);
+            let read = File::open(path).and_then(|mut f| {
+                io::Seek::seek(&mut f, io::SeekFrom::Start(offset))?;
+                io::Read::read_to_end(&mut io::Read::take(f, self.chunk_bytes as u64), &mut buf)
+            });
+            match read {
+                Ok(_) => {}
+                // Deleted after every record in it was confirmed: nothing there for a reader.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    (index, offset) = (index + 1, 0);
+                    continue;
+                }
+                Err(e) => return Err(WalError::Io { path: path.clone(), source: e }),
+            }
+            let mut out = Vec::new();
+            let mut pos = 0;
+            while let Some((seq, payload)) = frame_at(&buf, pos, self.max_record_bytes) {
+                if seq >= from {
+                    out.push((seq, payload.to_vec()));
+                }
+                pos += HEADER + payload.len();
+            }
+            offset += pos as u64;
+            if let Some((last, _)) = out.last() {
+                self.at = Some((*first, offset, last + 1));
+                return Ok(out);
+            }
+            // Nothing at or after `from` here: read on in this segment while whole frames came
+            // (skipping older records), else go to the next one if the writer started it.
+            if pos == 0 || buf.len() < self.chunk_bytes && pos == buf.len() {
+                if index + 1 == segments.len() {
+                    break;
+                }
+                (index, offset) = (index + 1, 0);
+            }
+        }
+        Ok(Vec::new())
+    }
 }
 
 fn segment_name(first_seq: u64) -> String {

@@ -50,22 +50,35 @@ fn a_reader_tails_the_log_one_segment_at_a_time_while_it_is_written() {
         wal.append(&payload(i)).unwrap();
     }
     wal.commit().unwrap();
+    let mut reader = WalReader::new(dir.path(), 1024, 500);
     let mut next = 0;
     let mut got = Vec::new();
+    let mut appended = false;
     loop {
-        let batch = read_from(dir.path(), next, 1024).unwrap();
+        let batch = reader.read(next).unwrap();
         let Some((last, _)) = batch.last() else { break };
         next = last + 1;
-        assert!(batch.len() < 100, "one segment per call");
+        assert!(batch.len() < 100, "about a chunk per call");
         got.extend(batch);
+        if next >= 50 && !appended {
+            appended = true;
+            // The writer goes on while the reader tails it.
+            for i in 100..130 {
+                wal.append(&payload(i)).unwrap();
+            }
+            wal.commit().unwrap();
+        }
     }
-    assert_eq!(got.len(), 100);
-    assert!(got.iter().all(|(s, p)| p == &payload(*s)));
+    assert_eq!(got.len(), 130);
+    assert!(got.iter().enumerate().all(|(i, (s, p))| *s == i as u64 && p == &payload(*s)));
+    // From anywhere else: from the start of the segment that holds it.
+    assert_eq!(reader.read(7).unwrap()[0].0, 7);
+    assert_eq!(WalReader::new(dir.path(), 1024, 1 << 20).read(129).unwrap(), vec![(129, payload(129))]);
     // Confirmed and deleted segments are skipped, not an error.
     // 4 KiB segments hold about 60 of these records: confirming 70 frees the first one.
     (0..70).for_each(|s| wal.confirm(s));
     assert_eq!(wal.truncate().unwrap(), 1);
-    let first = read_from(dir.path(), 0, 1024).unwrap()[0].0;
+    let first = WalReader::new(dir.path(), 1024, 1 << 20).read(0).unwrap()[0].0;
     assert!(first > 0 && first <= 70, "starts in the segment that holds record 70, got {first}");
 }
 
