@@ -158,9 +158,10 @@ pub(crate) async fn ensure_topics(config: &KafkaConfig, topics: &Topics, patienc
     Err(EdgeError::Kafka(format!("gave up creating topics: {last}")))
 }
 
-/// The producer: idempotent (no duplicates or reordering from librdkafka's own retries) and
-/// `acks=all` (a record is confirmed only once every in-sync replica has it).
-pub fn producer(config: &KafkaConfig) -> Result<FutureProducer, EdgeError> {
+/// The producer's settings: idempotent (no duplicates or reordering from librdkafka's own
+/// retries) and `acks=all` (a record is confirmed only once every in-sync replica has it), then
+/// the configured extra properties.
+pub(crate) fn producer_config(config: &KafkaConfig) -> Result<ClientConfig, EdgeError> {
     let mut c = client_config(config)?;
     c.set("enable.idempotence", "true")
         .set("acks", "all")
@@ -170,7 +171,13 @@ pub fn producer(config: &KafkaConfig) -> Result<FutureProducer, EdgeError> {
     for (k, v) in &config.producer {
         c.set(k, v);
     }
-    c.create().map_err(|e| EdgeError::Kafka(format!("producer for {}: {e}", config.brokers)))
+    Ok(c)
+}
+
+/// A producer with [`producer_config`]'s settings whose deliveries are awaited one by one (the
+/// dead-letter replay; the shipper has its own, see `ship`).
+pub fn producer(config: &KafkaConfig) -> Result<FutureProducer, EdgeError> {
+    producer_config(config)?.create().map_err(|e| EdgeError::Kafka(format!("producer for {}: {e}", config.brokers)))
 }
 
 /// What the edge presented to the brokers, for errors: the login and the transport, never the

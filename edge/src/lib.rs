@@ -41,14 +41,13 @@ pub mod throttle;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use edubrain_schemas::ValidationPolicy;
 use edubrain_schemas::ack::{EdgeAck, RejectedEvent, peek_event_id};
 use edubrain_schemas::dedup::DedupWindow;
 use edubrain_schemas::topics::{TerminalTopic, city_subscription};
+use edubrain_schemas::{EventType, ValidationPolicy};
 use edubrain_wal::Wal;
 use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::{mpsc, watch};
@@ -61,7 +60,7 @@ pub use metrics::EdgeMetrics;
 use record::{Destination, WalRecord, WalRecordRef};
 use rollup::{Observed, Rollups};
 use ship::{Committed, Shipper};
-use throttle::{Admission, TerminalRateLimiter};
+use throttle::TerminalRateLimiter;
 
 /// How long start-up waits for the Kafka brokers to answer before it goes on without them.
 const STARTUP_KAFKA_PATIENCE: Duration = Duration::from_secs(10);
@@ -121,16 +120,35 @@ pub(crate) const EVENT_RECORD_OVERHEAD: usize = 4096;
 /// Header values (reasons, topics) are cut to this many bytes in the WAL and in Kafka.
 pub(crate) const MAX_HEADER_VALUE: usize = 1024;
 
-/// The most events one message can carry: one more than its line breaks (see
-/// [`edubrain_schemas::message`]). An upper bound, counted without parsing.
-fn events_at_most(p: &Publish) -> usize {
-    1 + p.payload.iter().filter(|b| **b == b'\n').count()
+/// A message from the broker, with what the WAL must have room for before it is taken.
+struct Incoming {
+    publish: Publish,
+    /// The most events it can carry: one more than its line breaks (see
+    /// [`edubrain_schemas::message`]). An upper bound, counted once without parsing.
+    events_at_most: usize,
 }
 
-/// WAL bytes one message may need: its payload, plus a record's overhead for each event it can
-/// carry.
-fn wal_bytes_needed(p: &Publish) -> usize {
-    p.payload.len() + RECORD_OVERHEAD + (events_at_most(p) - 1) * EVENT_RECORD_OVERHEAD
+impl Incoming {
+    fn new(publish: Publish) -> Self {
+        let events_at_most = 1 + memchr::memchr_iter(b'\n', &publish.payload).count();
+        Self { publish, events_at_most }
+    }
+
+    /// WAL bytes the message may need: its payload, plus a record's overhead for each event it
+    /// can carry.
+    fn wal_bytes_needed(&self) -> usize {
+        self.publish.payload.len() + RECORD_OVERHEAD + (self.events_at_most - 1) * EVENT_RECORD_OVERHEAD
+    }
+}
+
+/// What the events of one message share.
+struct MessageContext<'a> {
+    topic: &'a str,
+    /// The sender, from the topic.
+    identity: &'a Result<TerminalTopic, Rejection>,
+    /// When the edge received the message: the `edubrain.received_ms` header of its records.
+    received_ms: String,
+    now: chrono::DateTime<Utc>,
 }
 
 /// Where an event stands in its message, for its rejection reason.
@@ -180,7 +198,7 @@ pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Ru
             Some(topics)
         }
     };
-    let producer = kafka::producer(&config.kafka)?;
+    let producer = ship::ship_producer(&config.kafka)?;
     let listener = tokio::net::TcpListener::bind(&config.http_listen)
         .await
         .map_err(|e| EdgeError::Http { addr: config.http_listen.clone(), source: e })?;
@@ -189,15 +207,16 @@ pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Ru
     tracing::info!(city = %config.city, %http_addr, mqtt = %format!("{}:{}", config.mqtt.host, config.mqtt.port), kafka = %config.kafka.brokers,
         wal = %wal_dir.display(), "edge started");
 
-    let (hot_tx, hot_rx) = mpsc::channel::<Committed>(16_384);
+    // One group commit's records per item (up to `wal.max_batch`): 8 bound the records held here.
+    let (hot_tx, hot_rx) = mpsc::channel::<Vec<Committed>>(8);
     let (committed_tx, committed_rx) = watch::channel(wal.next_seq());
     let (confirm_tx, confirm_rx) = mpsc::unbounded_channel();
     let ship_stop = CancellationToken::new();
     let shipper = Shipper {
         kafka: config.kafka.clone(),
         producer,
+        reader: Some(edubrain_wal::WalReader::new(&wal_dir, options.max_record_bytes, 1 << 20)),
         wal_dir,
-        max_record_bytes: options.max_record_bytes,
         metrics: metrics.clone(),
         start: ship_from,
         topics_pending,
@@ -213,6 +232,7 @@ pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Ru
         policy,
         dedup,
         limiter,
+        accepted: EventType::ALL.iter().map(|t| metrics.events_accepted.with_label_values(&[t.as_str()])).collect(),
         rollups,
         rollups_pending: Vec::new(),
         wal: Some(wal),
@@ -255,19 +275,21 @@ struct Pump {
     policy: ValidationPolicy,
     dedup: DedupWindow,
     limiter: TerminalRateLimiter,
+    /// `events_accepted_total` per event type, indexed by `EventType as usize`.
+    accepted: Vec<prometheus::IntCounter>,
     rollups: Rollups,
     /// Closed rollups waiting for WAL room.
     rollups_pending: Vec<Vec<u8>>,
     /// `None` only while a blocking WAL call holds it.
     wal: Option<Wal>,
-    hot: mpsc::Sender<Committed>,
+    hot: mpsc::Sender<Vec<Committed>>,
     committed: watch::Sender<u64>,
 }
 
 impl Pump {
     async fn run(
         mut self,
-        mut confirm_rx: mpsc::UnboundedReceiver<u64>,
+        mut confirm_rx: mpsc::UnboundedReceiver<Vec<u64>>,
         shipper: tokio::task::JoinHandle<Result<(), EdgeError>>,
         ship_stop: CancellationToken,
         shutdown: CancellationToken,
@@ -287,7 +309,7 @@ impl Pump {
         let (client, eventloop) = AsyncClient::new(opts, 8192);
         // Unbounded on purpose: the broker's in-flight window for this client bounds it, and a
         // bounded channel here could block the event loop that must keep sending our acks.
-        let (tx, mut rx) = mpsc::unbounded_channel::<Publish>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Incoming>();
         let loop_stop = CancellationToken::new();
         let mut filters = vec![rumqttc::SubscribeFilter::new(city_subscription(&self.config.city), QoS::AtLeastOnce)];
         if self.config.mqtt.broker_log {
@@ -297,7 +319,7 @@ impl Pump {
         }
         let poller = tokio::spawn(poll_mqtt(eventloop, client.clone(), filters, tx, self.metrics.clone(), loop_stop.clone()));
 
-        let mut backlog: VecDeque<Publish> = VecDeque::new();
+        let mut backlog: VecDeque<Incoming> = VecDeque::new();
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         let mut full_since: Option<Instant> = None;
         let mut result = Ok(());
@@ -323,11 +345,11 @@ impl Pump {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                Some(seq) = confirm_rx.recv() => {
+                Some(confirmed) = confirm_rx.recv() => {
                     let wal = self.wal.as_mut().expect("wal");
-                    wal.confirm(seq);
-                    while let Ok(seq) = confirm_rx.try_recv() {
-                        wal.confirm(seq);
+                    confirmed.into_iter().for_each(|seq| wal.confirm(seq));
+                    while let Ok(confirmed) = confirm_rx.try_recv() {
+                        confirmed.into_iter().for_each(|seq| wal.confirm(seq));
                     }
                     if full {
                         self.truncate().await?;
@@ -337,13 +359,13 @@ impl Pump {
                     let Some(first) = msg else { break };
                     // Up to a group commit's worth of events (`wal.max_batch`), so memory
                     // follows events, not messages (a packed message carries up to 64).
-                    let mut events = events_at_most(&first);
+                    let mut events = first.events_at_most;
                     backlog.push_back(first);
                     while events < self.config.wal.max_batch {
                         match rx.try_recv() {
-                            Ok(p) => {
-                                events += events_at_most(&p);
-                                backlog.push_back(p);
+                            Ok(m) => {
+                                events += m.events_at_most;
+                                backlog.push_back(m);
                             }
                             Err(_) => break,
                         }
@@ -395,8 +417,8 @@ impl Pump {
             }
         }
         if let Some(wal) = wal.as_mut() {
-            while let Ok(seq) = confirm_rx.try_recv() {
-                wal.confirm(seq);
+            while let Ok(confirmed) = confirm_rx.try_recv() {
+                confirmed.into_iter().for_each(|seq| wal.confirm(seq));
             }
             wal.truncate()?;
             tracing::info!(unconfirmed = wal.unconfirmed(), "edge stopped; unconfirmed WAL records are shipped at the next start");
@@ -404,13 +426,13 @@ impl Pump {
         result
     }
 
-    fn has_room_for(&self, p: &Publish) -> bool {
-        self.wal.as_ref().expect("wal").has_room_for(wal_bytes_needed(p))
+    fn has_room_for(&self, m: &Incoming) -> bool {
+        self.wal.as_ref().expect("wal").has_room_for(m.wal_bytes_needed())
     }
 
     /// Classifies as much of `backlog` as fits in the WAL, commits it as one batch, then
     /// acknowledges the batch to the broker and to the terminals and hands it to the shipper.
-    async fn process(&mut self, backlog: &mut VecDeque<Publish>, client: &AsyncClient) -> Result<(), EdgeError> {
+    async fn process(&mut self, backlog: &mut VecDeque<Incoming>, client: &AsyncClient) -> Result<(), EdgeError> {
         let mut budget = {
             let wal = self.wal.as_ref().expect("wal");
             wal.max_bytes().saturating_sub(wal.disk_bytes()) as usize
@@ -419,14 +441,14 @@ impl Pump {
         let mut events = 0;
         while events < self.config.wal.max_batch {
             let Some(front) = backlog.front() else { break };
-            let need = wal_bytes_needed(front);
+            let need = front.wal_bytes_needed();
             if need > budget {
                 break;
             }
             budget -= need;
-            events += events_at_most(front);
-            let publish = backlog.pop_front().expect("front exists");
-            batch.push(self.classify(publish));
+            events += front.events_at_most;
+            let m = backlog.pop_front().expect("front exists");
+            batch.push(self.classify(m.publish));
         }
         if batch.is_empty() {
             return Ok(());
@@ -438,14 +460,14 @@ impl Pump {
         self.metrics.wal_commit_events.observe(batch.iter().map(|c| c.events.len()).sum::<usize>() as f64);
 
         let mut acks: BTreeMap<String, EdgeAck> = BTreeMap::new();
+        let mut hot = Vec::with_capacity(written.len());
         for c in batch {
             if let Err(e) = client.ack(&c.publish).await {
                 tracing::warn!(error = %e, "could not queue MQTT ack; the broker will redeliver");
             }
             for event in c.events {
                 if let Some((seq, bytes)) = written.next().expect("one slot per event") {
-                    // Full channel: the shipper reads this record from disk instead.
-                    let _ = self.hot.try_send((seq, Arc::new(bytes), Some(c.received)));
+                    hot.push((seq, bytes, Some(c.received)));
                 }
                 let (Some(topic), Some(ack)) = (&c.acks_topic, event.ack) else { continue };
                 let entry = match acks.get_mut(topic) {
@@ -462,6 +484,8 @@ impl Pump {
                 }
             }
         }
+        // Full channel: the shipper reads these records from disk instead.
+        let _ = self.hot.try_send(hot);
         self.committed.send_replace(self.wal.as_ref().expect("wal").next_seq());
         // QoS 0: a lost ack costs a resend, which the dedup window answers with another ack;
         // QoS 1 would double the broker's per-message work for nothing.
@@ -492,91 +516,87 @@ impl Pump {
         let acks_topic = identity.as_ref().ok().map(TerminalTopic::acks_topic);
         let lines = edubrain_schemas::message::events_in(&publish.payload);
         self.metrics.message_events.observe(lines.len() as f64);
+        // The terminal's budget, taken for the whole message at once: the first `admitted`
+        // events are in it.
+        let (admitted, retry_after) = match identity {
+            Ok(_) => self.limiter.admit_up_to(&publish.topic, received, lines.len()),
+            Err(_) => (lines.len(), None),
+        };
+        let context = MessageContext { topic: &publish.topic, identity: &identity, received_ms: now.timestamp_millis().to_string(), now };
         let events = lines
             .iter()
             .enumerate()
-            .map(|(i, line)| self.classify_event(&publish.topic, &identity, line, Position { index: i, of: lines.len() }, received, now))
+            .map(|(i, line)| {
+                let over_budget = if i < admitted { None } else { retry_after };
+                self.classify_event(&context, line, Position { index: i, of: lines.len() }, over_budget)
+            })
             .collect();
         Classified { acks_topic, events, received, publish }
     }
 
-    fn classify_event(
-        &mut self,
-        topic: &str,
-        identity: &Result<TerminalTopic, Rejection>,
-        payload: &[u8],
-        at: Position,
-        received: Instant,
-        now: chrono::DateTime<Utc>,
-    ) -> ClassifiedEvent {
+    fn classify_event(&mut self, m: &MessageContext<'_>, payload: &[u8], at: Position, over_budget: Option<Duration>) -> ClassifiedEvent {
         // Over its terminal's budget: deferred when the event id can be read to say so. An
         // unreadable event goes on to classification (and the dead-letter topic).
-        if identity.is_ok()
-            && let Admission::RetryAfter(after) = self.limiter.admit(topic, received)
+        if let Some(after) = over_budget
             && let Some(id) = peek_event_id(payload)
         {
             self.metrics.events_throttled.inc();
             return ClassifiedEvent { record: None, ack: Some(TerminalAck::Deferred(id, after)) };
         }
-        let m = &self.metrics;
-        let received_ms = now.timestamp_millis().to_string();
         let city = &self.config.city;
-        let outcome = match identity {
-            Ok(identity) => classify_from(city, identity, payload, now, &self.policy, &mut self.dedup),
+        let outcome = match m.identity {
+            Ok(identity) => classify_from(city, identity, payload, m.now, &self.policy, &mut self.dedup),
             Err(r) => Outcome::Reject(r.clone()),
         };
         match outcome {
             Outcome::Accept { event, clock } => {
-                m.events_accepted.with_label_values(&[event.event_type().as_str()]).inc();
-                let mut headers = vec![("edubrain.received_ms", received_ms), ("edubrain.edge_city", city.clone())];
+                self.accepted[event.event_type() as usize].inc();
                 // A wrong device clock would put the event in the wrong window: not in rollups.
                 if clock.is_none() && self.rollups.observe(&event) == Observed::Late {
-                    m.rollup_late_events.inc();
+                    self.metrics.rollup_late_events.inc();
                 }
+                let mut headers = [("edubrain.received_ms", m.received_ms.as_str()), ("edubrain.edge_city", city), ("", "")];
+                let mut header_count = 2;
                 if let Some(flag) = clock {
-                    m.events_clock_flagged.with_label_values(&[flag.as_str()]).inc();
-                    headers.push(("edubrain.clock_flag", flag.as_str().to_string()));
+                    self.metrics.events_clock_flagged.with_label_values(&[flag.as_str()]).inc();
+                    headers[2] = ("edubrain.clock_flag", flag.as_str());
+                    header_count = 3;
                 }
-                let record = WalRecord {
-                    destination: Destination::Events,
-                    event_id: Some(event.header.event_id.as_u128()),
-                    key: event.header.classroom.clone(),
-                    headers,
-                    payload: payload.to_vec(),
-                };
-                ClassifiedEvent { record: Some(record.encode()), ack: Some(TerminalAck::Durable(event.header.event_id)) }
+                let record = record::encode(
+                    Destination::Events,
+                    Some(event.header.event_id.as_u128()),
+                    &event.header.classroom,
+                    &headers[..header_count],
+                    payload,
+                );
+                ClassifiedEvent { record: Some(record), ack: Some(TerminalAck::Durable(event.header.event_id)) }
             }
             // A duplicate passed the same checks as its first copy: its topic is valid.
             Outcome::Duplicate { event_id } => {
-                m.events_duplicate.inc();
+                self.metrics.events_duplicate.inc();
                 ClassifiedEvent { record: None, ack: Some(TerminalAck::Durable(event_id)) }
             }
             Outcome::Reject(mut r) => {
                 if at.of > 1 {
                     r.reason = format!("{} (event {} of {} in the message)", r.reason, at.index + 1, at.of);
                 }
-                m.events_rejected.with_label_values(&[r.rule]).inc();
-                tracing::warn!(topic = %topic, field = %r.field, rule = r.rule, reason = %r.reason, "event rejected to dead-letter");
+                self.metrics.events_rejected.with_label_values(&[r.rule]).inc();
+                tracing::warn!(topic = %m.topic, field = %r.field, rule = r.rule, reason = %r.reason, "event rejected to dead-letter");
                 // Acknowledged only when both the sender (its topic) and the event id are readable.
                 let ack = peek_event_id(payload)
-                    .filter(|_| identity.is_ok())
+                    .filter(|_| m.identity.is_ok())
                     .map(|id| TerminalAck::Rejected(RejectedEvent { event_id: id, rule: r.rule.into(), reason: r.reason.clone() }));
                 // The raw bytes are kept exactly as received; the context travels in headers.
-                let record = WalRecord {
-                    destination: Destination::DeadLetter,
-                    event_id: None,
-                    key: city.clone(),
-                    headers: vec![
-                        ("edubrain.rule", r.rule.to_string()),
-                        ("edubrain.field", record::cut(&r.field, MAX_HEADER_VALUE).to_string()),
-                        ("edubrain.reason", record::cut(&r.reason, MAX_HEADER_VALUE).to_string()),
-                        ("edubrain.mqtt_topic", record::cut(topic, MAX_HEADER_VALUE).to_string()),
-                        ("edubrain.edge_city", city.clone()),
-                        ("edubrain.received_ms", received_ms),
-                    ],
-                    payload: payload.to_vec(),
-                };
-                ClassifiedEvent { record: Some(record.encode()), ack }
+                let headers = [
+                    ("edubrain.rule", r.rule),
+                    ("edubrain.field", record::cut(&r.field, MAX_HEADER_VALUE)),
+                    ("edubrain.reason", record::cut(&r.reason, MAX_HEADER_VALUE)),
+                    ("edubrain.mqtt_topic", record::cut(m.topic, MAX_HEADER_VALUE)),
+                    ("edubrain.edge_city", city),
+                    ("edubrain.received_ms", m.received_ms.as_str()),
+                ];
+                let record = record::encode(Destination::DeadLetter, None, city, &headers, payload);
+                ClassifiedEvent { record: Some(record), ack }
             }
         }
     }
@@ -638,9 +658,8 @@ impl Pump {
             return Ok(());
         }
         let records = std::mem::take(&mut self.rollups_pending).into_iter().map(Some).collect();
-        for (seq, bytes) in self.write_wal(records).await?.into_iter().flatten() {
-            let _ = self.hot.try_send((seq, Arc::new(bytes), None));
-        }
+        let written = self.write_wal(records).await?.into_iter().flatten().map(|(seq, bytes)| (seq, bytes, None)).collect();
+        let _ = self.hot.try_send(written);
         self.committed.send_replace(self.wal.as_ref().expect("wal").next_seq());
         Ok(())
     }
@@ -697,7 +716,7 @@ async fn poll_mqtt(
     mut eventloop: rumqttc::EventLoop,
     client: AsyncClient,
     filters: Vec<rumqttc::SubscribeFilter>,
-    tx: mpsc::UnboundedSender<Publish>,
+    tx: mpsc::UnboundedSender<Incoming>,
     metrics: EdgeMetrics,
     stop: CancellationToken,
 ) {
@@ -709,7 +728,7 @@ async fn poll_mqtt(
         };
         match ev {
             Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
-                if tx.send(p).is_err() {
+                if tx.send(Incoming::new(p)).is_err() {
                     // The processor is gone (shutting down); unacked messages stay with the broker.
                     metrics.mqtt_connected.set(0);
                 }

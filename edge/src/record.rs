@@ -47,25 +47,8 @@ pub const HEADER_NAMES: [&str; 7] = [
 
 impl WalRecord {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64 + self.key.len() + self.payload.len());
-        out.push(VERSION);
-        out.push(match self.destination {
-            Destination::Events => 0,
-            Destination::DeadLetter => 1,
-            Destination::Rollups => 2,
-            Destination::Audit => 3,
-        });
-        out.push(u8::from(self.event_id.is_some()));
-        out.extend_from_slice(&self.event_id.unwrap_or(0).to_le_bytes());
-        push_str16(&mut out, &self.key);
-        out.push(self.headers.len() as u8);
-        for (name, value) in &self.headers {
-            out.push(name.len() as u8);
-            out.extend_from_slice(name.as_bytes());
-            push_str16(&mut out, value);
-        }
-        out.extend_from_slice(&self.payload);
-        out
+        let headers: Vec<(&str, &str)> = self.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        encode(self.destination, self.event_id, &self.key, &headers, &self.payload)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, EdgeError> {
@@ -78,6 +61,30 @@ impl WalRecord {
             payload: r.payload.to_vec(),
         })
     }
+}
+
+/// Encodes a record from borrowed parts, in one allocation (the edge's hot path).
+pub fn encode(destination: Destination, event_id: Option<u128>, key: &str, headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
+    let header_bytes: usize = headers.iter().map(|(n, v)| 3 + n.len() + v.len()).sum();
+    let mut out = Vec::with_capacity(22 + key.len() + 1 + header_bytes + payload.len());
+    out.push(VERSION);
+    out.push(match destination {
+        Destination::Events => 0,
+        Destination::DeadLetter => 1,
+        Destination::Rollups => 2,
+        Destination::Audit => 3,
+    });
+    out.push(u8::from(event_id.is_some()));
+    out.extend_from_slice(&event_id.unwrap_or(0).to_le_bytes());
+    push_str16(&mut out, key);
+    out.push(headers.len() as u8);
+    for (name, value) in headers {
+        out.push(name.len() as u8);
+        out.extend_from_slice(name.as_bytes());
+        push_str16(&mut out, value);
+    }
+    out.extend_from_slice(payload);
+    out
 }
 
 /// A record read in place, borrowing the WAL bytes: what the shipper hands to librdkafka

@@ -122,7 +122,7 @@ impl EdgeStatus {
                 "wal_full" => s.wal_full = m.value >= 1.0,
                 "wal_unconfirmed_records" => s.unshipped_records = n,
                 "mqtt_messages_received_total" => s.received = n,
-                "events_accepted_total" => *s.accepted.entry(label("event_type")).or_default() += n,
+                "events_accepted_total" if n > 0 => *s.accepted.entry(label("event_type")).or_default() += n,
                 "events_rejected_total" => *s.rejected.entry(label("rule")).or_default() += n,
                 "events_duplicate_total" => s.duplicates = n,
                 "events_throttled_total" => s.throttled = n,

@@ -50,6 +50,17 @@ impl TerminalRateLimiter {
 
     /// Takes one token from `terminal`'s bucket at `now`.
     pub fn admit(&mut self, terminal: &str, now: Instant) -> Admission {
+        match self.admit_up_to(terminal, now, 1) {
+            (1, _) => Admission::Admit,
+            (_, wait) => Admission::RetryAfter(wait.expect("a refused event has a retry delay")),
+        }
+    }
+
+    /// Takes up to `events` tokens from `terminal`'s bucket at `now` (the events of one message,
+    /// with one lookup): how many are admitted, the first ones, and when there are fewer than
+    /// `events`, how long the rest should wait. The same verdicts as [`Self::admit`] called
+    /// `events` times at `now`.
+    pub fn admit_up_to(&mut self, terminal: &str, now: Instant, events: usize) -> (usize, Option<Duration>) {
         let RateLimit { per_second, burst } = self.limit;
         let bucket = match self.buckets.get_mut(terminal) {
             Some(b) => b,
@@ -58,13 +69,13 @@ impl TerminalRateLimiter {
         let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * per_second).min(burst);
         bucket.at = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Admission::Admit
-        } else {
-            let wait = Duration::from_secs_f64((1.0 - bucket.tokens) / per_second);
-            Admission::RetryAfter(wait.max(MIN_RETRY_AFTER))
+        let admitted = (bucket.tokens.max(0.0).floor() as usize).min(events);
+        bucket.tokens -= admitted as f64;
+        if admitted == events {
+            return (admitted, None);
         }
+        let wait = Duration::from_secs_f64((1.0 - bucket.tokens) / per_second);
+        (admitted, Some(wait.max(MIN_RETRY_AFTER)))
     }
 
     /// Drops the buckets of terminals not heard from within `window` before `now` and returns
@@ -109,6 +120,24 @@ mod tests {
         // Over one simulated minute of constant pressure, about 10/s get through.
         let admitted = (0..60_000u64).filter(|ms| l.admit("noisy", t0 + Duration::from_millis(200 + ms)) == Admission::Admit).count();
         assert!((595..=605).contains(&admitted), "{admitted}");
+    }
+
+    /// A message's events admitted at once get the verdicts they would get one by one.
+    #[test]
+    fn admitting_a_message_at_once_is_admitting_its_events_one_by_one() {
+        let (mut one, mut many) = (limiter(), limiter());
+        let t0 = Instant::now();
+        for (ms, n) in [(0u64, 3usize), (0, 4), (30, 1), (250, 6), (260, 0), (900, 9), (5000, 2)] {
+            let now = t0 + Duration::from_millis(ms);
+            let verdicts: Vec<Admission> = (0..n).map(|_| one.admit("t", now)).collect();
+            let admitted = verdicts.iter().filter(|v| **v == Admission::Admit).count();
+            assert!(verdicts[..admitted].iter().all(|v| *v == Admission::Admit), "the first ones are admitted");
+            let wait = verdicts.get(admitted).map(|v| match v {
+                Admission::RetryAfter(w) => *w,
+                Admission::Admit => unreachable!(),
+            });
+            assert_eq!(many.admit_up_to("t", now, n), (admitted, wait), "at {ms} ms, {n} events");
+        }
     }
 
     #[test]
