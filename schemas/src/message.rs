@@ -17,10 +17,20 @@
 /// one event, whatever its bytes).
 pub fn events_in(payload: &[u8]) -> Vec<&[u8]> {
     let body = payload.trim_ascii();
-    if !body.contains(&b'\n') {
+    if memchr::memchr(b'\n', body).is_none() {
         return vec![payload];
     }
-    let lines: Vec<&[u8]> = body.split(|b| *b == b'\n').map(<[u8]>::trim_ascii).filter(|l| !l.is_empty()).collect();
+    // memchr finds the line breaks a word at a time; a byte-by-byte split was ~3% of the
+    // edge's CPU on packed messages.
+    let mut lines = Vec::new();
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len())) {
+        let line = body[start..end].trim_ascii();
+        if !line.is_empty() {
+            lines.push(line);
+        }
+        start = end + 1;
+    }
     if lines.iter().all(|l| l.first() == Some(&b'{') && l.last() == Some(&b'}')) { lines } else { vec![payload] }
 }
 
