@@ -70,15 +70,20 @@ fn pack_max_events() -> usize {
 }
 
 /// Publishes `events` from one connection per terminal, `speed` simulated seconds per wall
-/// second (infinite: every terminal's whole backlog at once), until the edge acked every one.
-async fn publish(events: &[edubrain_schemas::Event], port: u16, speed: f64) {
+/// second (infinite: every terminal's whole backlog at once) from `wall_start` on, until the
+/// edge acked every one.
+async fn publish_from(events: &[edubrain_schemas::Event], port: u16, speed: f64, wall_start: tokio::time::Instant) {
     let mut target = MqttTarget::new("127.0.0.1", port).with_secret(DEMO_PROVISIONING_SECRET);
     target.pack_max_events = pack_max_events();
     let sim_start = events.iter().map(|e| e.header.event_time).min().expect("events");
-    let pacing = Pacing { sim_start, wall_start: tokio::time::Instant::now(), speed };
+    let pacing = Pacing { sim_start, wall_start, speed };
     let summary =
         edubrain_agent::publish_all(&target, events.to_vec(), pacing, Default::default(), CancellationToken::new()).await.expect("publish");
     assert_eq!(summary.acked, summary.created);
+}
+
+async fn publish(events: &[edubrain_schemas::Event], port: u16, speed: f64) {
+    publish_from(events, port, speed, tokio::time::Instant::now()).await
 }
 
 /// Reads `topic` from the beginning and returns how many records it holds once no more come
@@ -342,7 +347,7 @@ async fn main() {
     println!("records in Kafka afterwards: edge {in_kafka}, bare bridge {bridge_in_kafka} (of {n})");
     println!(
         "edge latency at {:.0} events/s ({} events published evenly, done in {:.1} s): due to received by the edge p50 {:.0} ms, p99 {:.0} ms; \
-         received to Kafka ack p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms (target: publish to Kafka ack p99 <= 100 ms)",
+         received to Kafka ack p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms; publish to Kafka ack p99 at most {:.0} ms (the sum; target <= 100 ms)",
         latency.rate,
         latency.events,
         latency.secs,
@@ -350,7 +355,8 @@ async fn main() {
         latency.hop_p99_ms,
         latency.p50 * 1e3,
         latency.p99 * 1e3,
-        latency.p999 * 1e3
+        latency.p999 * 1e3,
+        latency.hop_p99_ms + latency.p99 * 1e3
     );
     println!(
         "ratios edge/bridge: throughput {:.2}x, CPU per event {:.2}x (target <= 1.0x), peak RSS {:.2}x",
@@ -395,9 +401,12 @@ async fn latency_run(p: &edubrain_agent::Province, days: u32, port: u16, http: &
         e.header.event_time = schedule_start + chrono::Duration::microseconds((i as f64 / rate * 1e6) as i64);
     }
     let (before, delivered0) = (latency_buckets(&http_get(http, "/metrics")), edge_delivered(http));
-    let wall_start_ms = chrono::Utc::now().timestamp_millis();
-    let t = Instant::now();
-    publish(&events, port, 1.0).await;
+    // The schedule starts once every terminal had time to connect (a city's terminals are
+    // connected long before a lesson starts; 200 logins at once take the broker most of a second).
+    let lead = Duration::from_secs(3);
+    let wall_start_ms = chrono::Utc::now().timestamp_millis() + lead.as_millis() as i64;
+    let t = Instant::now() + lead;
+    publish_from(&events, port, 1.0, tokio::time::Instant::now() + lead).await;
     let http2 = http.to_string();
     let n = events.len() as u64;
     tokio::task::spawn_blocking(move || wait_delivered("latency run", delivered0 + n, &[], || edge_delivered(&http2))).await.unwrap();
