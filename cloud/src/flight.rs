@@ -47,7 +47,7 @@ use crate::access::{Denial, Principal};
 use crate::api::AppState;
 use crate::audit::{AuditAction, AuditRecord};
 use crate::config::FlightSqlConfig;
-use crate::warehouse::Warehouse;
+use crate::warehouse::{Warehouse, client_schema};
 
 /// What every audit record and metric of this service is filed under.
 const TARGET: &str = "flight-sql";
@@ -446,7 +446,9 @@ impl FlightSqlService for FlightSql {
                 TableType::View => "VIEW",
                 TableType::Temporary => "LOCAL TEMPORARY",
             };
-            builder.append(catalog, schema, table, kind, t.schema().as_ref()).map_err(|e| Status::internal(format!("table list: {e}")))?;
+            builder
+                .append(catalog, schema, table, kind, &client_schema(&t.schema()))
+                .map_err(|e| Status::internal(format!("table list: {e}")))?;
         }
         Self::one_batch(builder.build())
     }
