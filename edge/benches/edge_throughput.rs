@@ -406,8 +406,9 @@ async fn latency_run(p: &edubrain_agent::Province, days: u32, port: u16, http: &
     // connected long before a lesson starts; 200 logins at once take the broker most of a second).
     let lead = Duration::from_secs(3);
     let wall_start_ms = chrono::Utc::now().timestamp_millis() + lead.as_millis() as i64;
-    let t = Instant::now() + lead;
-    publish_from(&events, port, 1.0, tokio::time::Instant::now() + lead).await;
+    let start = tokio::time::Instant::now() + lead;
+    let t = start.into_std();
+    publish_from(&events, port, 1.0, start).await;
     let http2 = http.to_string();
     let n = events.len() as u64;
     tokio::task::spawn_blocking(move || wait_delivered("latency run", delivered0 + n, &[], || edge_delivered(&http2))).await.unwrap();
