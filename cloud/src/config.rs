@@ -233,11 +233,22 @@ pub struct QueryLimits {
     pub sql_max_rows: usize,
     /// Memory all queries of one role's session may hold at once.
     pub memory_limit_bytes: usize,
+    /// Parquet footers kept between queries, for every session: about 64 KB a file here, so
+    /// the default holds ~8,000 files (~230M events).
+    pub file_metadata_cache_bytes: usize,
+    /// Per-file column statistics kept between queries: about 16 KB a file.
+    pub file_statistics_cache_bytes: usize,
 }
 
 impl Default for QueryLimits {
     fn default() -> Self {
-        Self { sql_timeout_ms: 10_000, sql_max_rows: 10_000, memory_limit_bytes: 2 << 30 }
+        Self {
+            sql_timeout_ms: 10_000,
+            sql_max_rows: 10_000,
+            memory_limit_bytes: 2 << 30,
+            file_metadata_cache_bytes: 512 << 20,
+            file_statistics_cache_bytes: 128 << 20,
+        }
     }
 }
 

@@ -106,7 +106,7 @@ pub async fn start(config: CloudConfig, shutdown: CancellationToken) -> Result<R
     if access.is_empty() {
         tracing::warn!("no [[access.principals]] configured: every /api/v1 data request will be refused");
     }
-    let warehouse = Warehouse::open(&config.warehouse_dir, registry, config.query.memory_limit_bytes).await?;
+    let warehouse = Warehouse::open_with_limits(&config.warehouse_dir, registry, &config.query).await?;
     let metrics = CloudMetrics::new();
     let (tx, rx) = watch::channel(IngestProgress::default());
     let audit_dir = config.audit.dir.clone().unwrap_or_else(|| config.warehouse_dir.join("audit"));
