@@ -138,12 +138,19 @@ impl Registry {
     }
 
     /// The `registry_from` of an event: the start of the version its `date` falls in.
+    ///
+    /// With one version every event's is [`ALWAYS`], but it is still written as a `CASE` on
+    /// `date` rather than a literal. DataFusion takes a constant column as sorted, and an
+    /// aggregate grouping by a sorted column runs in streaming mode, which its vectorized group
+    /// hashing does not support (apache/datafusion#23338 is the same choice for sorted input):
+    /// the utilisation queries, grouping every heartbeat by school, classroom and
+    /// `registry_from`, spent 0.58 s aggregating 6M of them instead of 0.26 s.
     pub fn registry_from_expr(&self) -> Expr {
         let mut starts: Vec<String> = (1..self.versions.len()).map(|i| self.valid_from(i)).collect();
         starts.reverse();
-        let Some(first) = starts.first() else { return lit(ALWAYS) };
-        let mut case = when(col("date").gt_eq(lit(first.clone())), lit(first.clone()));
-        for s in &starts[1..] {
+        let first = starts.first().cloned().unwrap_or_else(|| ALWAYS.to_string());
+        let mut case = when(col("date").gt_eq(lit(first.clone())), lit(first));
+        for s in starts.iter().skip(1) {
             case = case.when(col("date").gt_eq(lit(s.clone())), lit(s.clone()));
         }
         case.otherwise(lit(ALWAYS)).expect("a CASE with branches")
