@@ -197,11 +197,11 @@ impl FlightSql {
             let mut batches = batches;
             let (mut rows, mut failure): (usize, Option<Status>) = (0, None);
             'stream: loop {
-                // Ok(true) once the query's stream has ended and the last rows are flushed.
-                let ended = match tokio::time::timeout_at(deadline, batches.next()).await {
+                // Ok(true) once the query's stream has ended and its last rows are flushed.
+                let read = match tokio::time::timeout_at(deadline, batches.next()).await {
                     Err(_) => Err(Status::deadline_exceeded(format!("query exceeded its time limit of {} ms", timeout.as_millis()))),
-                    Ok(None) => coalescer.finish_buffered_batch().map(|()| true).map_err(|e| Status::internal(format!("query: {e}"))),
-                    Ok(Some(Err(e))) => Err(Status::internal(format!("query: {e}"))),
+                    Ok(None) => coalescer.finish_buffered_batch().map(|()| true).map_err(query_failed),
+                    Ok(Some(Err(e))) => Err(query_failed(e)),
                     Ok(Some(Ok(batch))) => {
                         rows += batch.num_rows();
                         if rows > max_rows {
@@ -209,11 +209,11 @@ impl FlightSql {
                                 "result has more than {max_rows} rows ([flight_sql] max_rows); add a LIMIT or aggregate"
                             )))
                         } else {
-                            coalescer.push_batch(batch).map(|()| false).map_err(|e| Status::internal(format!("query: {e}")))
+                            coalescer.push_batch(batch).map(|()| false).map_err(query_failed)
                         }
                     }
                 };
-                let ended = match ended {
+                let ended = match read {
                     Ok(ended) => ended,
                     Err(status) => {
                         let _ = tx.send(Err(FlightError::Tonic(Box::new(status.clone())))).await;
@@ -521,6 +521,11 @@ mod base64_engine {
         let (user, password) = text.split_once(':')?;
         Some((user.to_string(), password.to_string()))
     }
+}
+
+/// The status a stream ends with when DataFusion (or arrow, coalescing) fails mid-query.
+fn query_failed(e: impl std::fmt::Display) -> Status {
+    Status::internal(format!("query: {e}"))
 }
 
 #[cfg(test)]
