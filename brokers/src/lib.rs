@@ -3,7 +3,8 @@
 //! a child process on a free loopback port and killed when dropped.
 //!
 //! - [`free_port`]: a currently free loopback port.
-//! - [`Mosquitto`]: `deploy/mosquitto/edubrain.conf` plus a generated listener, and
+//! - [`Mosquitto`]: `deploy/mosquitto/edubrain.conf` plus a generated listener and the ACL
+//!   plugin (`mosquitto-acl/`) reading `deploy/mosquitto/acl`, and
 //!   optionally `deploy/mosquitto/tls.conf`'s TLS listener with client certificates.
 //! - [`Pki`]: a test CA and the certificates it signs (the `openssl` command).
 //! - [`Tansu`]: memory or sqlite storage; `kill9` and `restart` for fault tests; SCRAM logins
@@ -80,6 +81,20 @@ fn mosquitto_binary() -> Result<PathBuf, BrokerError> {
     )
 }
 
+/// The edubrain ACL plugin (`mosquitto-acl/`), which enforces `deploy/mosquitto/acl` and logs
+/// each refusal for the edge. This crate depends on it so that cargo builds the library, into
+/// `deps/` of the profile's directory, whenever it builds anything that starts a broker: beside
+/// a test or bench binary (which run from `deps/`) or one directory down from the demo's.
+fn acl_plugin() -> Result<PathBuf, BrokerError> {
+    let exe_dir = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)).unwrap_or_default();
+    find_binary(
+        "the edubrain Mosquitto ACL plugin",
+        "EDUBRAIN_MOSQUITTO_ACL_PLUGIN",
+        &[exe_dir.join(edubrain_mosquitto_acl::LIBRARY_FILE), exe_dir.join("deps").join(edubrain_mosquitto_acl::LIBRARY_FILE)],
+        "build it: cargo build -p edubrain-mosquitto-acl",
+    )
+}
+
 /// A Mosquitto broker owned by this process.
 pub struct Mosquitto {
     child: KillOnDrop,
@@ -88,8 +103,9 @@ pub struct Mosquitto {
 }
 
 impl Mosquitto {
-    /// Starts Mosquitto with `deploy/mosquitto/edubrain.conf` and `deploy/mosquitto/acl`,
-    /// persisting into `dir`, with a password file holding `users` (username, password).
+    /// Starts Mosquitto with `deploy/mosquitto/edubrain.conf` and `deploy/mosquitto/acl`
+    /// (through the edubrain ACL plugin), persisting into `dir`, with a password file holding
+    /// `users` (username, password).
     pub fn start(dir: &Path, users: &[(String, String)]) -> Result<Self, BrokerError> {
         Self::start_with(dir, users, "")
     }
@@ -115,6 +131,7 @@ impl Mosquitto {
         let port = free_port();
         let base = std::fs::read_to_string(repo_root().join("deploy/mosquitto/edubrain.conf")).map_err(spawn_err)?;
         let acl = repo_root().join("deploy/mosquitto/acl");
+        let plugin = acl_plugin()?;
         let conf = dir.join("mosquitto.conf");
         let mut f = std::fs::File::create(&conf).map_err(spawn_err)?;
         // `user root`: started as root, Mosquitto would otherwise switch to its own user and could
@@ -123,9 +140,11 @@ impl Mosquitto {
             f,
             // The listener first: edubrain.conf holds listener-scoped options
             // (use_username_as_clientid) that would otherwise open a default listener on 1883.
-            "listener {port} 127.0.0.1\n{base}\nuser root\npersistence_location {}/\npassword_file {}\nacl_file {}\nlog_dest stderr\n{extra}\n",
+            "listener {port} 127.0.0.1\n{base}\nuser root\npersistence_location {}/\npassword_file {}\nplugin {}\nplugin_opt_{} {}\nlog_dest stderr\n{extra}\n",
             dir.display(),
             passwords.display(),
+            plugin.display(),
+            edubrain_mosquitto_acl::plugin::ACL_FILE_OPTION,
             acl.display()
         )
         .map_err(spawn_err)?;

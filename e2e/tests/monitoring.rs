@@ -233,7 +233,7 @@ async fn prometheus_scrapes_every_component_and_every_rule_and_panel_uses_real_m
         if stale.is_empty() { Ok(rules) } else { Err(format!("not evaluated since the gauges arrived: {stale:?}")) }
     })
     .await;
-    assert_eq!(rules.len(), 20, "every rule of deploy/prometheus/alerts.yml is loaded");
+    assert_eq!(rules.len(), 22, "every rule of deploy/prometheus/alerts.yml is loaded");
     for rule in &rules {
         let (name, query) = (rule["name"].as_str().unwrap(), rule["query"].as_str().unwrap());
         assert_eq!(rule["health"], "ok", "{name}: {rule}");

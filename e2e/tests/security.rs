@@ -2,8 +2,9 @@
 //! (`deploy/mosquitto/acl`): a terminal can only publish on its own classroom's topic and read
 //! its own acks; bad credentials are refused; nobody can take over another client's session; a
 //! payload claiming another identity on the right topic is dead-lettered by the edge. Nothing a
-//! refused client sends reaches Kafka. The broker's own refusals (a bad login, a session closed
-//! by a second login) are counted by the edge and audited on the Kafka audit topic.
+//! refused client sends reaches Kafka. The broker's own refusals (a publish or a subscription
+//! the ACL plugin refused, a bad login, a session closed by a second login) are counted by the
+//! edge and audited on the Kafka audit topic.
 
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use edubrain_schemas::event::BandwidthSampled;
 use edubrain_schemas::identity::{derived_password, terminal_username};
 use edubrain_schemas::topics::TerminalTopic;
 use edubrain_schemas::{EventBody, Header, SCHEMA_VERSION};
-use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event as MqttEvent, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event as MqttEvent, MqttOptions, Packet, QoS, SubscribeReasonCode};
 use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "security-test-secret";
@@ -54,7 +55,7 @@ async fn poll_until<T>(
 async fn terminals_speak_only_for_their_own_classroom() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (terminal("c01-s1-r1"), terminal("c01-s1-r2"));
-    let users: Vec<(String, String)> = [terminal_username(&a), terminal_username(&b), "edge-c01".to_string()]
+    let users: Vec<(String, String)> = [terminal_username(&a), terminal_username(&b), "edge-c01".to_string(), "edge-c09".to_string()]
         .into_iter()
         .map(|u| (u.clone(), derived_password(SECRET.as_bytes(), &u)))
         .collect();
@@ -71,11 +72,18 @@ async fn terminals_speak_only_for_their_own_classroom() {
     }
     let target = MqttTarget::new("127.0.0.1", mosquitto.port).with_secret(SECRET);
 
-    // Terminal B listens on the wildcard of the whole hub: the ACL gives it nothing but its own acks.
+    // Terminal B tries to listen on the wildcard of the whole hub: refused (it may read only its
+    // own acks), and it still receives nothing below.
     let (b_client, mut b_loop) =
         login(&terminal_username(&b), &derived_password(SECRET.as_bytes(), &terminal_username(&b)), mosquitto.port);
     b_client.subscribe("edubrain/#", QoS::AtLeastOnce).await.unwrap();
-    poll_until(&mut b_loop, 10, |ev| matches!(ev, Ok(MqttEvent::Incoming(Packet::SubAck(_)))).then_some(())).await.expect("SUBACK");
+    let granted = poll_until(&mut b_loop, 10, |ev| match ev {
+        Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => Some(ack.return_codes.clone()),
+        _ => None,
+    })
+    .await
+    .expect("SUBACK");
+    assert_eq!(granted, vec![SubscribeReasonCode::Failure], "a wildcard subscription over other classrooms was granted");
 
     // 1. A publishes on B's topic: the broker drops it (it still PUBACKs under MQTT 3.1.1).
     edubrain_agent::publisher::publish_raw(&target, &terminal_username(&a), &b.events_topic(), vec![b"{\"spoof\":1}".to_vec()])
@@ -144,25 +152,61 @@ async fn terminals_speak_only_for_their_own_classroom() {
     let thief_dropped = poll_until(&mut thief_loop, 5, |ev| ev.is_err().then_some(())).await;
     assert_eq!(thief_dropped, Some(()), "the older connection of A's login was not closed");
 
-    // 6. The broker's own refusals (3 and 5), which no message shows, are counted by the edge
-    //    from the broker's log lines and kept as audit records in Kafka.
+    // 6. The broker's own refusals, which no message shows (the wildcard subscription, 1, 3 and
+    //    5), are counted by the edge from the broker's log lines and kept as audit records in
+    //    Kafka.
     let refusals = |reason: &str| edge.metrics.mqtt_broker_disconnects.with_label_values(&[reason]).get();
+    let denials = |action: &str| edge.metrics.mqtt_broker_acl_denials.with_label_values(&[action]).get();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while refusals("not_authorised") < 1 || refusals("session_taken_over") < 1 {
+    while refusals("not_authorised") < 1 || refusals("session_taken_over") < 1 || denials("publish") < 1 || denials("subscribe") < 1 {
         assert!(tokio::time::Instant::now() < deadline, "broker refusals not counted; edge metrics:\n{}", edge.metrics.render());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let audit = edubrain_e2e::read_topic(&tansu.bootstrap(), edubrain_schemas::topics::KAFKA_AUDIT_TOPIC, 2).await;
+    let audit = edubrain_e2e::read_topic(&tansu.bootstrap(), edubrain_schemas::topics::KAFKA_AUDIT_TOPIC, 4).await;
     let audit: Vec<serde_json::Value> = audit.iter().map(|(v, _)| serde_json::from_slice(v).unwrap()).collect();
     println!("audit records: {audit:#?}");
-    assert_eq!(audit[0]["reason"], "not_authorised", "{audit:?}");
-    assert_eq!(audit[0]["client"], serde_json::Value::Null, "the broker does not name a refused login");
-    assert_eq!(audit[1]["reason"], "session_taken_over", "{audit:?}");
+    assert_eq!(audit[0]["reason"], "acl_denied_subscribe", "{audit:?}");
+    assert_eq!(audit[0]["client"], terminal_username(&b));
+    assert_eq!(audit[0]["topic"], "edubrain/#");
+    assert_eq!(audit[1]["reason"], "acl_denied_publish", "{audit:?}");
     assert_eq!(audit[1]["client"], terminal_username(&a));
+    assert_eq!(audit[1]["topic"], b.events_topic().as_str());
+    assert_eq!(audit[2]["reason"], "not_authorised", "{audit:?}");
+    assert_eq!(audit[2]["client"], serde_json::Value::Null, "the broker does not name a refused login");
+    assert_eq!(audit[3]["reason"], "session_taken_over", "{audit:?}");
+    assert_eq!(audit[3]["client"], terminal_username(&a));
     assert!(audit.iter().all(|r| r["edge_city"] == "c01" && r["source"] == "mqtt_broker"), "{audit:?}");
     assert_eq!(refusals("not_authorised"), 1, "one bad login, counted once");
+    assert_eq!((denials("publish"), denials("subscribe")), (1, 1), "one refused publish and one refused subscription, each counted once");
+
+    // 7. An edge whose login has no stanza in the ACL (a city the hub does not serve) is refused
+    //    both subscriptions: it says so (mqtt_subscribed stays 0), and the broker's log shows
+    //    the refusals to the edges that do read it.
+    let mut stray = EdgeConfig::on_loopback("c09", mosquitto.port, &tansu.bootstrap(), &dir.path().join("edge-c09-wal"));
+    stray.login_with(SECRET);
+    let stray = edubrain_edge::start(stray, shutdown.clone()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while denials("subscribe") < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stray edge's refused subscriptions were not counted; edge metrics:\n{}",
+            edge.metrics.render()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    while stray.metrics.mqtt_subscriptions_refused.get() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stray edge did not see its subscriptions refused; its metrics:\n{}",
+            stray.metrics.render()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stray.metrics.mqtt_connected.get(), 1, "the stray edge's login is valid");
+    assert_eq!(stray.metrics.mqtt_subscribed.get(), 0, "an edge the ACL gives nothing must not report itself subscribed");
     assert_eq!(edge.metrics.messages_received.get(), 1, "log lines are not counted as terminal messages");
 
     shutdown.cancel();
     edge.wait().await.unwrap();
+    stray.wait().await.unwrap();
 }

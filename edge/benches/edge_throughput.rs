@@ -519,10 +519,11 @@ async fn soak(p: &edubrain_agent::Province, days: u32, n: i64, port: u16, http: 
 }
 
 /// Connects as `user` (its client id, under `use_username_as_clientid`) with a clean session
-/// and leaves: the broker discards the session.
+/// and leaves: the broker discards the session. It subscribes (`-E` exits on the SUBACK) to a
+/// classroom that does not exist, within what the ACL lets an edge read.
 fn drop_session(port: u16, user: &str, password: &str) {
     let status = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-u", user, "-P", password, "-t", "bench/none", "-E"])
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-u", user, "-P", password, "-t", "edubrain/v1/c01/none/none/none/events", "-E"])
         .status()
         .expect("mosquitto_sub");
     assert!(status.success(), "could not clear the session of {user}");

@@ -8,9 +8,11 @@
 //! edge counts the lines that record a refusal or a forced disconnect, by reason, and keeps each
 //! as an audit record on the Kafka audit topic (through its WAL, like any record).
 //!
-//! What Mosquitto 2.0 does not log at its default levels cannot be counted here: a publish on a
-//! topic the ACL denies is logged only at debug level (where it logs every message), and under
-//! MQTT 3.1.1 it is acknowledged like an allowed one. The ACL drops it; nobody else receives it.
+//! It also counts the ACL's refusals: a publish on a topic the client may not publish on, a
+//! subscription wider than what it may read. Mosquitto 2.0's own `acl_file` logs a refused
+//! publish only at debug level (beside every message) and, under MQTT 3.1.1, acknowledges it
+//! like an allowed one; the hub's ACL is therefore enforced by the edubrain plugin
+//! (`mosquitto-acl/`), which logs each refusal as `ACL denied PUBLISH from <client> to '<topic>'`.
 //!
 //! Pure: no I/O; the caller passes the line and the time it was received.
 
@@ -26,8 +28,7 @@ pub fn is_broker_log(topic: &str) -> bool {
 
 /// Why the broker refused or disconnected a client. The label of
 /// `edubrain_edge_mqtt_broker_disconnects_total`, so the set is fixed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DisconnectReason {
     /// Unknown user, wrong password, or a certificate identity without access.
     NotAuthorised,
@@ -86,10 +87,14 @@ pub const MAX_CLIENT_BYTES: usize = 256;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BrokerAudit<'a> {
     pub source: &'static str,
-    pub reason: DisconnectReason,
+    /// A [`DisconnectReason`], `acl_denied_publish` or `acl_denied_subscribe`.
+    pub reason: &'static str,
     /// The client id (with `use_username_as_clientid`, its login); `None` when the broker did
     /// not know it yet (a refused login, a failed handshake).
     pub client: Option<&'a str>,
+    /// The topic or filter of an ACL refusal (cut to [`MAX_LINE_BYTES`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topic: Option<&'a str>,
     /// The broker's own timestamp (seconds since the epoch), when the line starts with one.
     pub broker_time: Option<i64>,
     pub edge_city: &'a str,
@@ -98,9 +103,63 @@ pub struct BrokerAudit<'a> {
     pub line: &'a str,
 }
 
-/// A log line that records a refusal or a forced disconnect, or `None` for any other line
-/// (connections, clean disconnects, start-up messages).
-pub fn parse(line: &str) -> Option<(DisconnectReason, Option<&str>, Option<i64>)> {
+/// What the ACL refused (the label of `edubrain_edge_mqtt_broker_acl_denials_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AclAction {
+    Publish,
+    Subscribe,
+}
+
+impl AclAction {
+    pub const ALL: [AclAction; 2] = [AclAction::Publish, AclAction::Subscribe];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AclAction::Publish => "publish",
+            AclAction::Subscribe => "subscribe",
+        }
+    }
+}
+
+/// What a broker log line records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal<'a> {
+    /// A client refused at connect or disconnected by the broker.
+    Disconnect(DisconnectReason),
+    /// The ACL refused a publish or a subscription; `topic` is its topic or filter.
+    AclDenied { action: AclAction, topic: &'a str },
+}
+
+impl Refusal<'_> {
+    /// The audit record's `reason`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Disconnect(r) => r.as_str(),
+            Refusal::AclDenied { action: AclAction::Publish, .. } => "acl_denied_publish",
+            Refusal::AclDenied { action: AclAction::Subscribe, .. } => "acl_denied_subscribe",
+        }
+    }
+}
+
+/// The edubrain ACL plugin's wording of a refusal (`mosquitto-acl/src/plugin.rs`):
+/// `ACL denied <PUBLISH|SUBSCRIBE> from <client id> to '<topic>'`. The client id is the hub's
+/// (the login); the topic is the client's own choice and may hold anything, so the id ends at
+/// the first ` to '`.
+fn parse_acl_denial(text: &str) -> Option<(AclAction, &str, &str)> {
+    let rest = text.strip_prefix("ACL denied ")?;
+    let (action, rest) = if let Some(rest) = rest.strip_prefix("PUBLISH from ") {
+        (AclAction::Publish, rest)
+    } else {
+        (AclAction::Subscribe, rest.strip_prefix("SUBSCRIBE from ")?)
+    };
+    let (client, topic) = rest.split_once(" to '")?;
+    Some((action, client, topic.strip_suffix('\'')?))
+}
+
+/// A log line that records a refusal or a forced disconnect, with the client (when the broker
+/// knew it) and the broker's time, or `None` for any other line (connections, clean
+/// disconnects, start-up messages).
+pub fn parse(line: &str) -> Option<(Refusal<'_>, Option<&str>, Option<i64>)> {
     let line = line.trim_end();
     // `log_timestamp true` (the default) prefixes `<seconds>: `; other formats are kept whole.
     let (time, text) = match line.split_once(": ") {
@@ -109,12 +168,15 @@ pub fn parse(line: &str) -> Option<(DisconnectReason, Option<&str>, Option<i64>)
     };
     // One handshake failure logs OpenSSL's error stack as [0], [1], ...: count it once.
     if text.starts_with("OpenSSL Error[0]: ") {
-        return Some((DisconnectReason::TlsError, None, time));
+        return Some((Refusal::Disconnect(DisconnectReason::TlsError), None, time));
+    }
+    if let Some((action, client, topic)) = parse_acl_denial(text) {
+        return Some((Refusal::AclDenied { action, topic }, Some(client), time));
     }
     let rest = text.strip_prefix("Client ")?;
     CLIENT_LINES.iter().find_map(|(suffix, reason)| {
         let id = rest.strip_suffix(suffix)?;
-        Some((*reason, (id != "<unknown>" && !id.is_empty()).then_some(id), time))
+        Some((Refusal::Disconnect(*reason), (id != "<unknown>" && !id.is_empty()).then_some(id), time))
     })
 }
 
@@ -125,25 +187,45 @@ mod tests {
     // Lines as Mosquitto 2.0.11 published them on $SYS/broker/log/<level> (deploy config).
     #[test]
     fn refusals_are_recognised_with_their_client() {
-        assert_eq!(
-            parse("1795828019: Client <unknown> disconnected, not authorised."),
-            Some((DisconnectReason::NotAuthorised, None, Some(1795828019)))
-        );
+        use DisconnectReason::*;
+        let d = Refusal::Disconnect;
+        assert_eq!(parse("1795828019: Client <unknown> disconnected, not authorised."), Some((d(NotAuthorised), None, Some(1795828019))));
         assert_eq!(
             parse("1795828020: Client c01/s1/r1/t1 already connected, closing old connection."),
-            Some((DisconnectReason::SessionTakenOver, Some("c01/s1/r1/t1"), Some(1795828020)))
+            Some((d(SessionTakenOver), Some("c01/s1/r1/t1"), Some(1795828020)))
         );
         assert_eq!(
             parse("1795828020: Client edge-c01 has exceeded timeout, disconnecting."),
-            Some((DisconnectReason::KeepaliveTimeout, Some("edge-c01"), Some(1795828020)))
+            Some((d(KeepaliveTimeout), Some("edge-c01"), Some(1795828020)))
         );
         assert_eq!(
             parse("1795828082: OpenSSL Error[0]: error:0A0000C7:SSL routines::peer did not return a certificate"),
-            Some((DisconnectReason::TlsError, None, Some(1795828082)))
+            Some((d(TlsError), None, Some(1795828082)))
         );
-        assert_eq!(parse("Client x disconnected due to oversize packet.\n"), Some((DisconnectReason::OversizePacket, Some("x"), None)));
-        assert_eq!(parse("Client x disconnected due to malformed packet."), Some((DisconnectReason::MalformedPacket, Some("x"), None)));
-        assert_eq!(parse("Client x disconnected due to protocol error."), Some((DisconnectReason::ProtocolError, Some("x"), None)));
+        assert_eq!(parse("Client x disconnected due to oversize packet.\n"), Some((d(OversizePacket), Some("x"), None)));
+        assert_eq!(parse("Client x disconnected due to malformed packet."), Some((d(MalformedPacket), Some("x"), None)));
+        assert_eq!(parse("Client x disconnected due to protocol error."), Some((d(ProtocolError), Some("x"), None)));
+    }
+
+    // Lines as the edubrain ACL plugin logged them under Mosquitto 2.0.11.
+    #[test]
+    fn acl_refusals_are_recognised_with_their_client_and_topic() {
+        let publish = parse("1796583936: ACL denied PUBLISH from c01/s1/r1/t1 to 'edubrain/v1/c01/s1/r2/t2/events'");
+        let topic = "edubrain/v1/c01/s1/r2/t2/events";
+        assert_eq!(publish, Some((Refusal::AclDenied { action: AclAction::Publish, topic }, Some("c01/s1/r1/t1"), Some(1796583936))));
+        assert_eq!(publish.unwrap().0.reason(), "acl_denied_publish");
+        let subscribe = parse("1796583936: ACL denied SUBSCRIBE from c01/s1/r2/t2 to 'edubrain/#'");
+        assert_eq!(
+            subscribe,
+            Some((Refusal::AclDenied { action: AclAction::Subscribe, topic: "edubrain/#" }, Some("c01/s1/r2/t2"), Some(1796583936)))
+        );
+        assert_eq!(subscribe.unwrap().0.reason(), "acl_denied_subscribe");
+        // The topic is the client's choice: one that repeats the separator stays whole.
+        let odd = parse("ACL denied PUBLISH from a to 'x to 'y''");
+        assert_eq!(odd, Some((Refusal::AclDenied { action: AclAction::Publish, topic: "x to 'y'" }, Some("a"), None)));
+        // Mosquitto's own debug line for a refused publish is not the plugin's: not counted twice.
+        assert_eq!(parse("1: Denied PUBLISH from a (d0, q1, r0, m1, 'x', ... (5 bytes))"), None);
+        assert_eq!(parse("1: ACL denied UNSUBSCRIBE from a to 'x'"), None);
     }
 
     #[test]
@@ -167,15 +249,17 @@ mod tests {
     #[test]
     fn a_client_id_that_looks_like_a_suffix_is_still_whole() {
         let line = "1: Client a disconnected, not authorised. disconnected, not authorised.";
-        assert_eq!(parse(line), Some((DisconnectReason::NotAuthorised, Some("a disconnected, not authorised."), Some(1))));
+        let refusal = Refusal::Disconnect(DisconnectReason::NotAuthorised);
+        assert_eq!(parse(line), Some((refusal, Some("a disconnected, not authorised."), Some(1))));
     }
 
     #[test]
     fn the_audit_record_names_the_reason_in_snake_case() {
         let audit = BrokerAudit {
             source: "mqtt_broker",
-            reason: DisconnectReason::SessionTakenOver,
+            reason: DisconnectReason::SessionTakenOver.as_str(),
             client: Some("c01/s1/r1/t1"),
+            topic: None,
             broker_time: Some(5),
             edge_city: "c01",
             received_ms: 7,
@@ -184,8 +268,6 @@ mod tests {
         let json: serde_json::Value = serde_json::to_value(&audit).unwrap();
         assert_eq!(json["reason"], DisconnectReason::SessionTakenOver.as_str());
         assert_eq!(json["client"], "c01/s1/r1/t1");
-        for r in DisconnectReason::ALL {
-            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
-        }
+        assert!(json.get("topic").is_none(), "{json}");
     }
 }

@@ -606,14 +606,25 @@ impl Pump {
     fn audit_broker_line(&mut self, publish: Publish) -> Classified {
         let received = Instant::now();
         let text = String::from_utf8_lossy(&publish.payload);
-        let record = broker_log::parse(&text).map(|(reason, client, broker_time)| {
-            self.metrics.mqtt_broker_disconnects.with_label_values(&[reason.as_str()]).inc();
-            tracing::warn!(reason = reason.as_str(), client = client.unwrap_or("<unknown>"), line = %text.trim_end(), "the MQTT broker refused or disconnected a client");
+        let record = broker_log::parse(&text).map(|(refusal, client, broker_time)| {
+            let topic = match refusal {
+                broker_log::Refusal::Disconnect(r) => {
+                    self.metrics.mqtt_broker_disconnects.with_label_values(&[r.as_str()]).inc();
+                    None
+                }
+                broker_log::Refusal::AclDenied { action, topic } => {
+                    self.metrics.mqtt_broker_acl_denials.with_label_values(&[action.as_str()]).inc();
+                    Some(topic)
+                }
+            };
+            let reason = refusal.reason();
+            tracing::warn!(reason, client = client.unwrap_or("<unknown>"), line = %text.trim_end(), "the MQTT broker refused a client");
             let received_ms = Utc::now().timestamp_millis();
             let audit = broker_log::BrokerAudit {
                 source: "mqtt_broker",
                 reason,
                 client: client.map(|c| record::cut(c, broker_log::MAX_CLIENT_BYTES)),
+                topic: topic.map(|t| record::cut(t, broker_log::MAX_LINE_BYTES)),
                 broker_time,
                 edge_city: &self.config.city,
                 received_ms,
@@ -624,7 +635,7 @@ impl Pump {
                 event_id: None,
                 key: self.config.city.clone(),
                 headers: vec![
-                    ("edubrain.reason", reason.as_str().to_string()),
+                    ("edubrain.reason", reason.to_string()),
                     ("edubrain.edge_city", self.config.city.clone()),
                     ("edubrain.received_ms", received_ms.to_string()),
                 ],
@@ -733,9 +744,27 @@ async fn poll_mqtt(
                     metrics.mqtt_connected.set(0);
                 }
             }
-            Ok(MqttEvent::Incoming(Packet::SubAck(_))) => {
-                metrics.mqtt_subscribed.set(1);
-                tracing::info!(filters = ?filters.iter().map(|f| &f.path).collect::<Vec<_>>(), "edge subscribed");
+            Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => {
+                // The hub's ACL refuses a subscription it would deliver nothing on (an edge whose
+                // login has no stanza for its city): say which, and do not claim the city.
+                let refused: Vec<&str> = filters
+                    .iter()
+                    .zip(&ack.return_codes)
+                    .filter(|(_, code)| matches!(code, rumqttc::SubscribeReasonCode::Failure))
+                    .map(|(f, _)| f.path.as_str())
+                    .collect();
+                metrics.mqtt_subscriptions_refused.inc_by(refused.len() as u64);
+                if refused.is_empty() {
+                    metrics.mqtt_subscribed.set(1);
+                    tracing::info!(filters = ?filters.iter().map(|f| &f.path).collect::<Vec<_>>(), "edge subscribed");
+                } else {
+                    // The city's events are the first filter; without them the edge is idle.
+                    metrics.mqtt_subscribed.set(i64::from(!refused.contains(&filters[0].path.as_str())));
+                    tracing::error!(
+                        ?refused,
+                        "the MQTT broker refused the edge's subscription (see the edge's stanza in deploy/mosquitto/acl)"
+                    );
+                }
             }
             Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
                 metrics.mqtt_connected.set(1);

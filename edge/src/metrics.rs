@@ -32,8 +32,10 @@ pub struct EdgeMetrics {
     pub terminal_acks_published: IntCounter,
     pub mqtt_connected: IntGauge,
     pub mqtt_subscribed: IntGauge,
+    pub mqtt_subscriptions_refused: IntCounter,
     pub mqtt_connection_errors: IntCounter,
     pub mqtt_broker_disconnects: IntCounterVec,
+    pub mqtt_broker_acl_denials: IntCounterVec,
     pub terminals_active: IntGauge,
     pub delivery_latency: Histogram,
 }
@@ -126,6 +128,10 @@ impl EdgeMetrics {
                 "mqtt_subscribed",
                 "1 once the broker acknowledged the city subscription (SUBACK) on the current connection",
             ),
+            mqtt_subscriptions_refused: counter(
+                "mqtt_subscriptions_refused_total",
+                "Subscriptions of this edge the MQTT broker refused (SUBACK failure): its login lacks a stanza in the hub's ACL",
+            ),
             mqtt_connection_errors: counter("mqtt_connection_errors_total", "MQTT connection errors (each followed by a reconnect)"),
             mqtt_broker_disconnects: {
                 let c = counter_vec(
@@ -136,6 +142,17 @@ impl EdgeMetrics {
                 // Every reason from the start, so a rate() over a fresh edge is 0, not absent.
                 for r in crate::broker_log::DisconnectReason::ALL {
                     c.with_label_values(&[r.as_str()]);
+                }
+                c
+            },
+            mqtt_broker_acl_denials: {
+                let c = counter_vec(
+                    "mqtt_broker_acl_denials_total",
+                    "Publishes and subscriptions the MQTT broker's ACL refused, by action, read from its log (each also an audit record)",
+                    &["action"],
+                );
+                for a in crate::broker_log::AclAction::ALL {
+                    c.with_label_values(&[a.as_str()]);
                 }
                 c
             },

@@ -82,6 +82,8 @@ pub struct EdgeStatus {
     pub mqtt_reconnects: u64,
     /// Clients the broker refused or disconnected, by reason (only reasons seen).
     pub broker_refusals: BTreeMap<String, u64>,
+    /// Publishes and subscriptions the hub's ACL refused, by action (only actions seen).
+    pub acl_denials: BTreeMap<String, u64>,
     pub terminals_active: u64,
     pub wal_bytes: u64,
     pub wal_capacity_bytes: u64,
@@ -116,6 +118,7 @@ impl EdgeStatus {
                 "mqtt_subscribed" => s.mqtt_subscribed = m.value >= 1.0,
                 "mqtt_connection_errors_total" => s.mqtt_reconnects = n,
                 "mqtt_broker_disconnects_total" if n > 0 => *s.broker_refusals.entry(label("reason")).or_default() += n,
+                "mqtt_broker_acl_denials_total" if n > 0 => *s.acl_denials.entry(label("action")).or_default() += n,
                 "terminals_active" => s.terminals_active = n,
                 "wal_bytes" => s.wal_bytes = n,
                 "wal_capacity_bytes" => s.wal_capacity_bytes = n,
@@ -154,9 +157,11 @@ impl EdgeStatus {
         );
         let _ = writeln!(
             out,
-            "  broker      {} clients refused or disconnected ({}); each on the audit topic",
+            "  broker      {} clients refused or disconnected ({}); {} refused by the ACL ({}); each on the audit topic",
             total(&self.broker_refusals),
-            list(&self.broker_refusals)
+            list(&self.broker_refusals),
+            total(&self.acl_denials),
+            list(&self.acl_denials)
         );
         let _ = writeln!(out, "  terminals   {} active", self.terminals_active);
         let _ = writeln!(
@@ -216,6 +221,7 @@ mod tests {
         m.events_duplicate.inc_by(7);
         m.kafka_delivered.with_label_values(&["edubrain.events.v1"]).inc_by(997);
         m.mqtt_broker_disconnects.with_label_values(&["not_authorised"]).inc_by(4);
+        m.mqtt_broker_acl_denials.with_label_values(&["publish"]).inc_by(2);
         let status = EdgeStatus::from_samples(&parse_exposition(&m.render()).unwrap()).unwrap();
         assert_eq!(status.city, "c01");
         assert!(status.mqtt_connected && status.mqtt_subscribed && !status.wal_full);
@@ -225,7 +231,10 @@ mod tests {
         let text = status.render();
         assert!(text.contains("3.0 MiB of 1.0 GiB (0.3%); 3201 records not yet confirmed by Kafka"), "{text}");
         assert!(text.contains("rejected    3 (range 2, utf8 1)"), "{text}");
-        assert!(text.contains("broker      4 clients refused or disconnected (not_authorised 4)"), "{text}");
+        assert!(
+            text.contains("broker      4 clients refused or disconnected (not_authorised 4); 2 refused by the ACL (publish 2)"),
+            "{text}"
+        );
     }
 
     #[test]
