@@ -133,29 +133,23 @@ impl EdgeMetrics {
                 "Subscriptions of this edge the MQTT broker refused (SUBACK failure): its login lacks a stanza in the hub's ACL",
             ),
             mqtt_connection_errors: counter("mqtt_connection_errors_total", "MQTT connection errors (each followed by a reconnect)"),
-            mqtt_broker_disconnects: {
-                let c = counter_vec(
+            // Every label value from the start, so a rate() over a fresh edge is 0, not absent.
+            mqtt_broker_disconnects: with_values(
+                counter_vec(
                     "mqtt_broker_disconnects_total",
                     "Clients the MQTT broker refused or disconnected, by reason, read from its log (each also an audit record)",
                     &["reason"],
-                );
-                // Every reason from the start, so a rate() over a fresh edge is 0, not absent.
-                for r in crate::broker_log::DisconnectReason::ALL {
-                    c.with_label_values(&[r.as_str()]);
-                }
-                c
-            },
-            mqtt_broker_acl_denials: {
-                let c = counter_vec(
+                ),
+                crate::broker_log::DisconnectReason::ALL.map(|r| r.as_str()),
+            ),
+            mqtt_broker_acl_denials: with_values(
+                counter_vec(
                     "mqtt_broker_acl_denials_total",
                     "Publishes and subscriptions the MQTT broker's ACL refused, by action, read from its log (each also an audit record)",
                     &["action"],
-                );
-                for a in crate::broker_log::AclAction::ALL {
-                    c.with_label_values(&[a.as_str()]);
-                }
-                c
-            },
+                ),
+                crate::broker_log::AclAction::ALL.map(|a| a.as_str()),
+            ),
             terminals_active: gauge(
                 "terminals_active",
                 "Terminals heard from (events or heartbeats) within terminal_active_secs; a sudden fall means classrooms lost their link",
@@ -174,6 +168,14 @@ impl EdgeMetrics {
 }
 
 /// The sum of a counter vector over all its label values.
+/// `c` with a series for each of `values` of its one label, at 0.
+fn with_values<const N: usize>(c: IntCounterVec, values: [&str; N]) -> IntCounterVec {
+    for v in values {
+        c.with_label_values(&[v]);
+    }
+    c
+}
+
 pub fn total(c: &IntCounterVec) -> u64 {
     use prometheus::core::Collector;
     c.collect().iter().flat_map(|f| f.get_metric().iter().map(|m| m.get_counter().get_value() as u64)).sum()

@@ -56,6 +56,8 @@ struct Rule {
     /// No wildcard: a topic or filter applies only if it is the same string (after a pattern's
     /// `%u` and `%c`, which cannot bring one: such logins are refused before).
     literal: bool,
+    /// A pattern naming `%u`, which does not apply to a client without a login.
+    needs_login: bool,
 }
 
 impl Rule {
@@ -69,6 +71,12 @@ impl Rule {
             Access::Write => self.write,
             Access::Unsubscribe => true,
         }
+    }
+
+    /// What this rule decides once it applies: a deny refuses, a grant of `access` allows, and
+    /// a rule for other access leaves the question to the next.
+    fn verdict(&self, access: Access) -> Option<bool> {
+        if self.is_deny() { Some(false) } else { self.grants(access).then_some(true) }
     }
 }
 
@@ -118,7 +126,8 @@ impl Acl {
                         return Err(err("not a valid MQTT topic filter"));
                     }
                     let literal = !filter.contains(['+', '#']);
-                    let rule = Rule { filter: filter.to_string(), read, write, literal };
+                    let needs_login = filter.contains("%u");
+                    let rule = Rule { filter: filter.to_string(), read, write, literal, needs_login };
                     let rules = match (keyword, &user) {
                         ("topic", Some(user)) => acl.users.entry(user.clone()).or_default(),
                         ("topic", None) => &mut acl.anonymous,
@@ -159,15 +168,8 @@ impl Acl {
             Some(user) => self.users.get(user).map_or(&[][..], Vec::as_slice),
             None => &self.anonymous,
         };
-        for rule in own {
-            if applies(&rule.filter, topic) {
-                if rule.is_deny() {
-                    return false;
-                }
-                if rule.grants(access) {
-                    return true;
-                }
-            }
+        if let Some(verdict) = own.iter().filter(|rule| applies(&rule.filter, topic)).find_map(|rule| rule.verdict(access)) {
+            return verdict;
         }
         if self.patterns.is_empty() {
             return false;
@@ -177,24 +179,13 @@ impl Acl {
         if client.username.is_some_and(dangerous) || dangerous(client.id) {
             return false;
         }
-        for rule in &self.patterns {
-            if rule.filter.contains("%u") && client.username.is_none() {
-                continue;
-            }
-            // The hub's patterns are literal (`edubrain/v1/%u/events`): compared in place,
-            // without building the expansion, on every message.
-            let applied =
-                if rule.literal { equals_expanded(&rule.filter, client, topic) } else { applies(&expand(&rule.filter, client), topic) };
-            if applied {
-                if rule.is_deny() {
-                    return false;
-                }
-                if rule.grants(access) {
-                    return true;
-                }
-            }
-        }
-        false
+        // The hub's patterns are literal (`edubrain/v1/%u/events`): compared in place, without
+        // building the expansion, on every message.
+        let pattern_applies = |rule: &&Rule| {
+            !(rule.needs_login && client.username.is_none())
+                && if rule.literal { equals_expanded(&rule.filter, client, topic) } else { applies(&expand(&rule.filter, client), topic) }
+        };
+        self.patterns.iter().filter(pattern_applies).find_map(|rule| rule.verdict(access)).unwrap_or(false)
     }
 }
 
