@@ -10,6 +10,18 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+/// The hub's logins for `users`, each with the password derived from the provisioning
+/// `secret`: the (login, password) pairs `edubrain_brokers::Mosquitto::start` takes.
+pub fn hub_logins(secret: &str, users: impl IntoIterator<Item = String>) -> Vec<(String, String)> {
+    users
+        .into_iter()
+        .map(|u| {
+            let password = edubrain_schemas::identity::derived_password(secret.as_bytes(), &u);
+            (u, password)
+        })
+        .collect()
+}
+
 /// Starts an edge per city on the test brokers (logins from the demo's provisioning secret,
 /// WALs under `dir/edge-{city}`) and waits until each holds its MQTT subscription, so nothing
 /// published afterwards can miss it.

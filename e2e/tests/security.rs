@@ -55,10 +55,7 @@ async fn poll_until<T>(
 async fn terminals_speak_only_for_their_own_classroom() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (terminal("c01-s1-r1"), terminal("c01-s1-r2"));
-    let users: Vec<(String, String)> = [terminal_username(&a), terminal_username(&b), "edge-c01".to_string(), "edge-c09".to_string()]
-        .into_iter()
-        .map(|u| (u.clone(), derived_password(SECRET.as_bytes(), &u)))
-        .collect();
+    let users = edubrain_e2e::hub_logins(SECRET, [terminal_username(&a), terminal_username(&b), "edge-c01".into(), "edge-c09".into()]);
     let mosquitto = Mosquitto::start(&dir.path().join("mosquitto"), &users).unwrap();
     let tansu = Tansu::start(&dir.path().join("tansu"), Storage::Memory).unwrap();
     let shutdown = CancellationToken::new();
@@ -209,4 +206,127 @@ async fn terminals_speak_only_for_their_own_classroom() {
     shutdown.cancel();
     edge.wait().await.unwrap();
     stray.wait().await.unwrap();
+}
+
+/// A terminal that keeps publishing where it may not, and someone who keeps guessing a password:
+/// every refusal is counted, but each (reason, client) gets only `refusal_audit.per_client`
+/// audit records a window and one summary record for the rest, so the audit topic and the
+/// edge's WAL do not grow with the attacker's packet rate. Another client's refusal in the
+/// middle of the flood is still audited on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_refusals_are_audited_in_summary() {
+    const FLOOD: u64 = 60;
+    const PER_CLIENT: u64 = 3;
+    const BAD_LOGINS: u64 = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (terminal("c01-s1-r1"), terminal("c01-s1-r2"));
+    let users = edubrain_e2e::hub_logins(SECRET, [terminal_username(&a), terminal_username(&b), "edge-c01".into()]);
+    let mosquitto = Mosquitto::start(&dir.path().join("mosquitto"), &users).unwrap();
+    let tansu = Tansu::start(&dir.path().join("tansu"), Storage::Memory).unwrap();
+    let shutdown = CancellationToken::new();
+    let mut config = EdgeConfig::on_loopback("c01", mosquitto.port, &tansu.bootstrap(), &dir.path().join("edge-wal"));
+    config.login_with(SECRET);
+    config.refusal_audit.per_client = PER_CLIENT as u32;
+    config.refusal_audit.window_secs = 2;
+    let edge = edubrain_edge::start(config, shutdown.clone()).await.unwrap();
+    edubrain_e2e::wait_subscribed(&edge).await;
+    let target = MqttTarget::new("127.0.0.1", mosquitto.port).with_secret(SECRET);
+
+    // A floods B's topic; then B publishes once on A's; then a password guesser tries A's login.
+    let spoof: Vec<Vec<u8>> = (0..FLOOD).map(|i| format!("{{\"spoof\":{i}}}").into_bytes()).collect();
+    edubrain_agent::publisher::publish_raw(&target, &terminal_username(&a), &b.events_topic(), spoof).await.unwrap();
+    edubrain_agent::publisher::publish_raw(&target, &terminal_username(&b), &a.events_topic(), vec![b"{}".to_vec()]).await.unwrap();
+    for _ in 0..BAD_LOGINS {
+        let (_c, mut bad) = login(&terminal_username(&a), "guess", mosquitto.port);
+        let refused = poll_until(&mut bad, 10, |ev| match ev {
+            Err(ConnectionError::ConnectionRefused(code)) => Some(*code),
+            _ => None,
+        })
+        .await;
+        assert!(refused.is_some(), "a bad password was not refused");
+    }
+
+    // Every refusal counted.
+    let denials = || edge.metrics.mqtt_broker_acl_denials.with_label_values(&["publish"]).get();
+    let bad_logins = || edge.metrics.mqtt_broker_disconnects.with_label_values(&["not_authorised"]).get();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while denials() < FLOOD + 1 || bad_logins() < BAD_LOGINS {
+        assert!(tokio::time::Instant::now() < deadline, "refusals not counted; edge metrics:\n{}", edge.metrics.render());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let summarised = |reason: &str| edge.metrics.mqtt_broker_refusals_summarised.with_label_values(&[reason]).get();
+    assert_eq!(summarised("acl_denied_publish"), FLOOD - PER_CLIENT, "A's refusals past its limit; B's one is its own record");
+    assert_eq!(summarised("not_authorised"), BAD_LOGINS - PER_CLIENT);
+
+    // The audit topic: PER_CLIENT records of A, B's one, PER_CLIENT bad logins, and summaries
+    // that account for the rest, once the 2 s windows have ended.
+    let mut audit: Vec<serde_json::Value> = Vec::new();
+    let summed = |audit: &[serde_json::Value], reason: &str| -> u64 {
+        audit.iter().filter(|r| r["reason"] == reason).filter_map(|r| r["summarised"].as_u64()).sum()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while summed(&audit, "acl_denied_publish") < FLOOD - PER_CLIENT || summed(&audit, "not_authorised") < BAD_LOGINS - PER_CLIENT {
+        assert!(tokio::time::Instant::now() < deadline, "summaries missing from the audit topic: {audit:#?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let records = edubrain_e2e::read_to_end(&tansu.bootstrap(), edubrain_schemas::topics::KAFKA_AUDIT_TOPIC).await;
+        audit = records.iter().map(|(v, _)| serde_json::from_slice(v).unwrap()).collect();
+    }
+    println!("audit records: {audit:#?}");
+    let of = |reason: &str, client: serde_json::Value, summary: bool| -> Vec<&serde_json::Value> {
+        audit.iter().filter(|r| r["reason"] == reason && r["client"] == client && r.get("summarised").is_some() == summary).collect()
+    };
+    let (a_name, b_name) = (serde_json::Value::from(terminal_username(&a)), serde_json::Value::from(terminal_username(&b)));
+    let a_records = of("acl_denied_publish", a_name.clone(), false);
+    assert_eq!(a_records.len() as u64, PER_CLIENT, "A's records one by one: {a_records:#?}");
+    assert!(a_records.iter().all(|r| r["topic"] == b.events_topic().as_str()));
+    let b_records = of("acl_denied_publish", b_name, false);
+    assert_eq!(b_records.len(), 1, "B's refusal in the middle of A's flood is audited on its own");
+    assert_eq!(b_records[0]["topic"], a.events_topic().as_str());
+    let a_summaries = of("acl_denied_publish", a_name, true);
+    assert!((1..=3).contains(&a_summaries.len()), "one summary per 2 s window of A's flood: {a_summaries:#?}");
+    assert!(a_summaries.iter().all(|s| s["last_topic"] == b.events_topic().as_str() && s["source"] == "mqtt_broker"));
+    assert_eq!(of("not_authorised", serde_json::Value::Null, false).len() as u64, PER_CLIENT);
+    assert_eq!(summed(&audit, "acl_denied_publish"), FLOOD - PER_CLIENT, "each refusal in exactly one summary");
+    assert_eq!(summed(&audit, "not_authorised"), BAD_LOGINS - PER_CLIENT);
+    assert!(audit.len() < 20, "{} audit records for {} refusals", audit.len(), FLOOD + 1 + BAD_LOGINS);
+    assert_eq!(edubrain_edge::metrics::total(&edge.metrics.events_accepted), 0, "nothing refused is produced as an event");
+    shutdown.cancel();
+    edge.wait().await.unwrap();
+
+    // An edge that stops ends its open windows: their summaries go to the WAL, not away with
+    // the process. With an hour-long window, only stopping can have written this one.
+    let mut config = EdgeConfig::on_loopback("c01", mosquitto.port, &tansu.bootstrap(), &dir.path().join("edge-wal"));
+    config.login_with(SECRET);
+    config.refusal_audit.per_client = PER_CLIENT as u32;
+    config.refusal_audit.window_secs = 3600;
+    let restart = |config: EdgeConfig| async move {
+        let shutdown = CancellationToken::new();
+        let edge = edubrain_edge::start(config, shutdown.clone()).await.unwrap();
+        edubrain_e2e::wait_subscribed(&edge).await;
+        (edge, shutdown)
+    };
+    let (edge, shutdown) = restart(config.clone()).await;
+    let spoof: Vec<Vec<u8>> = (0..10).map(|i| format!("{{\"again\":{i}}}").into_bytes()).collect();
+    edubrain_agent::publisher::publish_raw(&target, &terminal_username(&a), &b.events_topic(), spoof).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while edge.metrics.mqtt_broker_refusals_summarised.with_label_values(&["acl_denied_publish"]).get() < 10 - PER_CLIENT {
+        assert!(tokio::time::Instant::now() < deadline, "the second flood was not counted; edge metrics:\n{}", edge.metrics.render());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shutdown.cancel();
+    edge.wait().await.unwrap();
+    // Started again on the same WAL, the edge ships whatever the stopping one had not.
+    let (edge, shutdown) = restart(config).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let records = edubrain_e2e::read_to_end(&tansu.bootstrap(), edubrain_schemas::topics::KAFKA_AUDIT_TOPIC).await;
+        let audit: Vec<serde_json::Value> = records.iter().map(|(v, _)| serde_json::from_slice(v).unwrap()).collect();
+        if summed(&audit, "acl_denied_publish") == FLOOD - PER_CLIENT + 10 - PER_CLIENT {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the stopping edge's summary is not in the audit topic: {audit:#?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    shutdown.cancel();
+    edge.wait().await.unwrap();
 }

@@ -119,6 +119,19 @@ impl AclAction {
             AclAction::Subscribe => "subscribe",
         }
     }
+
+    /// The audit record's `reason` for a refusal of this action.
+    pub fn reason(self) -> &'static str {
+        match self {
+            AclAction::Publish => "acl_denied_publish",
+            AclAction::Subscribe => "acl_denied_subscribe",
+        }
+    }
+}
+
+/// Every `reason` an audit record of the broker's refusals can have.
+pub fn all_reasons() -> impl Iterator<Item = &'static str> {
+    DisconnectReason::ALL.into_iter().map(DisconnectReason::as_str).chain(AclAction::ALL.into_iter().map(AclAction::reason))
 }
 
 /// What a broker log line records.
@@ -135,8 +148,7 @@ impl Refusal<'_> {
     pub fn reason(&self) -> &'static str {
         match self {
             Refusal::Disconnect(r) => r.as_str(),
-            Refusal::AclDenied { action: AclAction::Publish, .. } => "acl_denied_publish",
-            Refusal::AclDenied { action: AclAction::Subscribe, .. } => "acl_denied_subscribe",
+            Refusal::AclDenied { action, .. } => action.reason(),
         }
     }
 }

@@ -24,6 +24,8 @@ pub struct EdgeConfig {
     pub rate_limit: RateLimitConfig,
     #[serde(default)]
     pub rollup: RollupConfig,
+    #[serde(default)]
+    pub refusal_audit: RefusalAuditConfig,
     /// Address of `/metrics` and `/healthz`; port 0 picks a free port.
     #[serde(default = "default_http_listen")]
     pub http_listen: String,
@@ -129,6 +131,34 @@ impl RollupConfig {
         crate::rollup::RollupConfig {
             window: chrono::Duration::seconds(i64::from(self.window_secs)),
             allowed_lateness: chrono::Duration::seconds(i64::from(self.allowed_lateness_secs)),
+        }
+    }
+}
+
+/// How many of the broker's refusals are audited one by one (see the `refusal_audit` module):
+/// `per_client` records per reason and client per `window_secs`, then one summary record with
+/// the number past that. Every refusal is still counted in the metrics.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RefusalAuditConfig {
+    pub per_client: u32,
+    pub window_secs: u32,
+    /// Clients with a window of their own; refusals of further ones share one per reason.
+    pub max_clients: usize,
+}
+
+impl Default for RefusalAuditConfig {
+    fn default() -> Self {
+        Self { per_client: 10, window_secs: 60, max_clients: 4096 }
+    }
+}
+
+impl RefusalAuditConfig {
+    pub fn limits(&self) -> crate::refusal_audit::Limits {
+        crate::refusal_audit::Limits {
+            per_client: self.per_client,
+            window_ms: i64::from(self.window_secs) * 1000,
+            max_clients: self.max_clients,
         }
     }
 }
@@ -334,6 +364,12 @@ impl EdgeConfig {
         }
         if self.rollup.window_secs == 0 {
             return Err(EdgeError::Config("rollup.window_secs must be at least 1".into()));
+        }
+        if self.refusal_audit.window_secs == 0 || self.refusal_audit.max_clients == 0 {
+            return Err(EdgeError::Config(format!(
+                "refusal_audit.window_secs = {} and refusal_audit.max_clients = {} must both be at least 1",
+                self.refusal_audit.window_secs, self.refusal_audit.max_clients
+            )));
         }
         if self.mqtt.max_packet_bytes < 1024 {
             return Err(EdgeError::Config(format!("mqtt.max_packet_bytes = {} is too small for one event", self.mqtt.max_packet_bytes)));

@@ -8,6 +8,7 @@
 //! - [`throttle`]: per-terminal token buckets; over-budget events are deferred, not dropped.
 //! - [`broker_log`]: the MQTT broker's own refusals (bad logins, failed TLS handshakes,
 //!   session takeovers), read from its log lines, counted and audited to Kafka.
+//! - [`refusal_audit`]: per-client limit on those audit records; the rest in one summary.
 //! - [`ship`]: WAL → Kafka (idempotent, `acks=all`), confirming records back to the WAL.
 //! - [`kafka`]: topic creation and the producer.
 //! - [`metrics`]: Prometheus metrics; [`http`]: `/metrics` and `/healthz`.
@@ -33,6 +34,7 @@ pub mod http;
 pub mod kafka;
 pub mod metrics;
 pub mod record;
+pub mod refusal_audit;
 pub mod replay;
 pub mod rollup;
 mod ship;
@@ -58,6 +60,7 @@ pub use config::EdgeConfig;
 pub use metrics::EdgeMetrics;
 
 use record::{Destination, WalRecord, WalRecordRef};
+use refusal_audit::RefusalAudit;
 use rollup::{Observed, Rollups};
 use ship::{Committed, Shipper};
 use throttle::TerminalRateLimiter;
@@ -226,6 +229,7 @@ pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Ru
     let policy = config.validation_policy();
     let limiter = TerminalRateLimiter::new(config.rate_limit.limit());
     let rollups = Rollups::new(config.rollup.windows(), Utc::now());
+    let refusal_audit = RefusalAudit::new(config.refusal_audit.limits());
     let pump = Pump {
         config,
         metrics: metrics.clone(),
@@ -234,7 +238,8 @@ pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Ru
         limiter,
         accepted: EventType::ALL.iter().map(|t| metrics.events_accepted.with_label_values(&[t.as_str()])).collect(),
         rollups,
-        rollups_pending: Vec::new(),
+        refusal_audit,
+        window_records_pending: Vec::new(),
         wal: Some(wal),
         hot: hot_tx,
         committed: committed_tx,
@@ -278,8 +283,9 @@ struct Pump {
     /// `events_accepted_total` per event type, indexed by `EventType as usize`.
     accepted: Vec<prometheus::IntCounter>,
     rollups: Rollups,
-    /// Closed rollups waiting for WAL room.
-    rollups_pending: Vec<Vec<u8>>,
+    refusal_audit: RefusalAudit,
+    /// Closed rollups and refusal summaries waiting for WAL room.
+    window_records_pending: Vec<Vec<u8>>,
     /// `None` only while a blocking WAL call holds it.
     wal: Option<Wal>,
     hot: mpsc::Sender<Vec<Committed>>,
@@ -383,7 +389,7 @@ impl Pump {
                     self.truncate().await?;
                     let active = self.limiter.forget_unheard(Instant::now(), Duration::from_secs(self.config.terminal_active_secs));
                     self.metrics.terminals_active.set(active as i64);
-                    if !full && let Err(e) = self.emit_rollups().await {
+                    if !full && let Err(e) = self.emit_windows(false).await {
                         result = Err(e);
                         break;
                     }
@@ -401,6 +407,13 @@ impl Pump {
             }
         }
         tracing::info!(unacknowledged = backlog.len(), "edge stopping: messages not yet in the WAL stay with the broker");
+        // The refusal windows still open end now, so their summaries are in the WAL (shipped
+        // below or at the next start) rather than lost with this process.
+        if result.is_ok()
+            && let Err(e) = self.emit_windows(true).await
+        {
+            result = Err(e);
+        }
         // Let the event loop send the last acks, then leave cleanly.
         tokio::time::sleep(Duration::from_millis(200)).await;
         let _ = client.try_disconnect();
@@ -601,12 +614,13 @@ impl Pump {
         }
     }
 
-    /// Counts a broker log line that records a refusal and keeps it as an audit record; any
-    /// other line is only acknowledged (a no-op at QoS 0).
+    /// Counts a broker log line that records a refusal and keeps it as an audit record, or
+    /// counts it in its client's summary past `refusal_audit.per_client`; any other line is only
+    /// acknowledged (a no-op at QoS 0).
     fn audit_broker_line(&mut self, publish: Publish) -> Classified {
         let received = Instant::now();
         let text = String::from_utf8_lossy(&publish.payload);
-        let record = broker_log::parse(&text).map(|(refusal, client, broker_time)| {
+        let record = broker_log::parse(&text).and_then(|(refusal, client, broker_time)| {
             let topic = match refusal {
                 broker_log::Refusal::Disconnect(r) => {
                     self.metrics.mqtt_broker_disconnects.with_label_values(&[r.as_str()]).inc();
@@ -618,39 +632,50 @@ impl Pump {
                 }
             };
             let reason = refusal.reason();
-            tracing::warn!(reason, client = client.unwrap_or("<unknown>"), line = %text.trim_end(), "the MQTT broker refused a client");
+            // Cut before they key a window, so a window's memory is bounded too.
+            let client = client.map(|c| record::cut(c, broker_log::MAX_CLIENT_BYTES));
+            let topic = topic.map(|t| record::cut(t, broker_log::MAX_LINE_BYTES));
             let received_ms = Utc::now().timestamp_millis();
+            if self.refusal_audit.admit(reason, client, topic, received_ms) == refusal_audit::Verdict::Summarised {
+                self.metrics.mqtt_broker_refusals_summarised.with_label_values(&[reason]).inc();
+                return None;
+            }
+            tracing::warn!(reason, client = client.unwrap_or("<unknown>"), line = %text.trim_end(), "the MQTT broker refused a client");
             let audit = broker_log::BrokerAudit {
                 source: "mqtt_broker",
                 reason,
-                client: client.map(|c| record::cut(c, broker_log::MAX_CLIENT_BYTES)),
-                topic: topic.map(|t| record::cut(t, broker_log::MAX_LINE_BYTES)),
+                client,
+                topic,
                 broker_time,
                 edge_city: &self.config.city,
                 received_ms,
                 line: record::cut(text.trim_end(), broker_log::MAX_LINE_BYTES),
             };
-            WalRecord {
-                destination: Destination::Audit,
-                event_id: None,
-                key: self.config.city.clone(),
-                headers: vec![
-                    ("edubrain.reason", reason.to_string()),
-                    ("edubrain.edge_city", self.config.city.clone()),
-                    ("edubrain.received_ms", received_ms.to_string()),
-                ],
-                payload: serde_json::to_vec(&audit).expect("audit records serialise"),
-            }
-            .encode()
+            Some(
+                WalRecord {
+                    destination: Destination::Audit,
+                    event_id: None,
+                    key: self.config.city.clone(),
+                    headers: vec![
+                        ("edubrain.reason", reason.to_string()),
+                        ("edubrain.edge_city", self.config.city.clone()),
+                        ("edubrain.received_ms", received_ms.to_string()),
+                    ],
+                    payload: serde_json::to_vec(&audit).expect("audit records serialise"),
+                }
+                .encode(),
+            )
         });
         drop(text); // it borrows `publish`, which moves next
         Classified { publish, acks_topic: None, events: vec![ClassifiedEvent { record, ack: None }], received }
     }
 
-    /// Closes the rollup windows that are due and writes them to the WAL, which ships them to
-    /// the rollups topic like any other record. Kept for the next tick while the WAL is full.
-    async fn emit_rollups(&mut self) -> Result<(), EdgeError> {
-        let closed = self.rollups.close(Utc::now());
+    /// Closes the rollup windows and the refusal-audit windows that are due (`stopping`: every
+    /// refusal-audit window) and writes their records to the WAL, which ships them to their
+    /// topics like any other record. Kept for the next tick while the WAL is full.
+    async fn emit_windows(&mut self, stopping: bool) -> Result<(), EdgeError> {
+        let now = Utc::now();
+        let closed = self.rollups.close(now);
         self.metrics.rollup_open_sessions.set(self.rollups.open_sessions() as i64);
         for r in &closed {
             let record = WalRecord {
@@ -660,15 +685,44 @@ impl Pump {
                 headers: vec![("edubrain.edge_city", self.config.city.clone())],
                 payload: serde_json::to_vec(r).expect("rollups serialise"),
             };
-            self.rollups_pending.push(record.encode());
+            self.window_records_pending.push(record.encode());
         }
         self.metrics.rollup_windows_emitted.inc_by(closed.len() as u64);
+        let received_ms = now.timestamp_millis();
+        for summary in self.refusal_audit.close(if stopping { i64::MAX } else { received_ms }) {
+            tracing::warn!(
+                reason = summary.reason,
+                client = summary.client.as_deref().unwrap_or(if summary.other_clients { "<other clients>" } else { "<unknown>" }),
+                summarised = summary.summarised,
+                "the MQTT broker kept refusing a client: refusals past refusal_audit.per_client audited in one summary record"
+            );
+            let record = WalRecord {
+                destination: Destination::Audit,
+                event_id: None,
+                key: self.config.city.clone(),
+                headers: vec![
+                    ("edubrain.reason", summary.reason.to_string()),
+                    ("edubrain.edge_city", self.config.city.clone()),
+                    ("edubrain.received_ms", received_ms.to_string()),
+                    ("edubrain.summarised", summary.summarised.to_string()),
+                ],
+                payload: serde_json::to_vec(&refusal_audit::SummaryRecord::new(&summary, &self.config.city, received_ms))
+                    .expect("audit records serialise"),
+            };
+            self.window_records_pending.push(record.encode());
+        }
         let wal = self.wal.as_ref().expect("wal");
-        let room = self.rollups_pending.iter().all(|r| wal.has_room_for(r.len())) && !self.rollups_pending.is_empty();
+        let room = self.window_records_pending.iter().all(|r| wal.has_room_for(r.len())) && !self.window_records_pending.is_empty();
         if !room {
+            if stopping && !self.window_records_pending.is_empty() {
+                tracing::warn!(
+                    records = self.window_records_pending.len(),
+                    "WAL full while stopping: closed rollups and refusal summaries not written"
+                );
+            }
             return Ok(());
         }
-        let records = std::mem::take(&mut self.rollups_pending).into_iter().map(Some).collect();
+        let records = std::mem::take(&mut self.window_records_pending).into_iter().map(Some).collect();
         let written = self.write_wal(records).await?.into_iter().flatten().map(|(seq, bytes)| (seq, bytes, None)).collect();
         let _ = self.hot.try_send(written);
         self.committed.send_replace(self.wal.as_ref().expect("wal").next_seq());

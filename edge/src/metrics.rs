@@ -36,6 +36,7 @@ pub struct EdgeMetrics {
     pub mqtt_connection_errors: IntCounter,
     pub mqtt_broker_disconnects: IntCounterVec,
     pub mqtt_broker_acl_denials: IntCounterVec,
+    pub mqtt_broker_refusals_summarised: IntCounterVec,
     pub terminals_active: IntGauge,
     pub delivery_latency: Histogram,
 }
@@ -150,6 +151,14 @@ impl EdgeMetrics {
                 ),
                 crate::broker_log::AclAction::ALL.map(|a| a.as_str()),
             ),
+            mqtt_broker_refusals_summarised: with_values(
+                counter_vec(
+                    "mqtt_broker_refusals_summarised_total",
+                    "Broker refusals past refusal_audit.per_client in a window, by reason: counted above and audited in one summary record per client and window, not one by one",
+                    &["reason"],
+                ),
+                crate::broker_log::all_reasons(),
+            ),
             terminals_active: gauge(
                 "terminals_active",
                 "Terminals heard from (events or heartbeats) within terminal_active_secs; a sudden fall means classrooms lost their link",
@@ -169,7 +178,7 @@ impl EdgeMetrics {
 
 /// The sum of a counter vector over all its label values.
 /// `c` with a series for each of `values` of its one label, at 0.
-fn with_values<const N: usize>(c: IntCounterVec, values: [&str; N]) -> IntCounterVec {
+fn with_values<'a>(c: IntCounterVec, values: impl IntoIterator<Item = &'a str>) -> IntCounterVec {
     for v in values {
         c.with_label_values(&[v]);
     }

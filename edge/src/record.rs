@@ -35,7 +35,7 @@ pub struct WalRecord {
 }
 
 /// Header names the edge writes; decoding maps them back to these statics.
-pub const HEADER_NAMES: [&str; 7] = [
+pub const HEADER_NAMES: [&str; 8] = [
     "edubrain.received_ms",
     "edubrain.edge_city",
     "edubrain.rule",
@@ -43,10 +43,13 @@ pub const HEADER_NAMES: [&str; 7] = [
     "edubrain.reason",
     "edubrain.mqtt_topic",
     "edubrain.clock_flag",
+    "edubrain.summarised",
 ];
 
 impl WalRecord {
     pub fn encode(&self) -> Vec<u8> {
+        // The shipper refuses a record with another name as corrupt, which stops the edge.
+        debug_assert!(self.headers.iter().all(|(n, _)| HEADER_NAMES.contains(n)), "a header not in HEADER_NAMES: {:?}", self.headers);
         let headers: Vec<(&str, &str)> = self.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
         encode(self.destination, self.event_id, &self.key, &headers, &self.payload)
     }

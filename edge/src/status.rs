@@ -84,6 +84,8 @@ pub struct EdgeStatus {
     pub broker_refusals: BTreeMap<String, u64>,
     /// Publishes and subscriptions the hub's ACL refused, by action (only actions seen).
     pub acl_denials: BTreeMap<String, u64>,
+    /// Of those refusals, how many are audited in summary records rather than one by one.
+    pub refusals_summarised: u64,
     pub terminals_active: u64,
     pub wal_bytes: u64,
     pub wal_capacity_bytes: u64,
@@ -119,6 +121,7 @@ impl EdgeStatus {
                 "mqtt_connection_errors_total" => s.mqtt_reconnects = n,
                 "mqtt_broker_disconnects_total" if n > 0 => *s.broker_refusals.entry(label("reason")).or_default() += n,
                 "mqtt_broker_acl_denials_total" if n > 0 => *s.acl_denials.entry(label("action")).or_default() += n,
+                "mqtt_broker_refusals_summarised_total" => s.refusals_summarised += n,
                 "terminals_active" => s.terminals_active = n,
                 "wal_bytes" => s.wal_bytes = n,
                 "wal_capacity_bytes" => s.wal_capacity_bytes = n,
@@ -157,11 +160,15 @@ impl EdgeStatus {
         );
         let _ = writeln!(
             out,
-            "  broker      {} clients refused or disconnected ({}); {} refused by the ACL ({}); each on the audit topic",
+            "  broker      {} clients refused or disconnected ({}); {} refused by the ACL ({}); on the audit topic, {}",
             total(&self.broker_refusals),
             list(&self.broker_refusals),
             total(&self.acl_denials),
-            list(&self.acl_denials)
+            list(&self.acl_denials),
+            match self.refusals_summarised {
+                0 => "each as its own record".to_string(),
+                n => format!("{n} of them in summary records (clients past refusal_audit.per_client)"),
+            }
         );
         let _ = writeln!(out, "  terminals   {} active", self.terminals_active);
         let _ = writeln!(
@@ -222,6 +229,7 @@ mod tests {
         m.kafka_delivered.with_label_values(&["edubrain.events.v1"]).inc_by(997);
         m.mqtt_broker_disconnects.with_label_values(&["not_authorised"]).inc_by(4);
         m.mqtt_broker_acl_denials.with_label_values(&["publish"]).inc_by(2);
+        m.mqtt_broker_refusals_summarised.with_label_values(&["not_authorised"]).inc_by(1);
         let status = EdgeStatus::from_samples(&parse_exposition(&m.render()).unwrap()).unwrap();
         assert_eq!(status.city, "c01");
         assert!(status.mqtt_connected && status.mqtt_subscribed && !status.wal_full);
@@ -232,7 +240,9 @@ mod tests {
         assert!(text.contains("3.0 MiB of 1.0 GiB (0.3%); 3201 records not yet confirmed by Kafka"), "{text}");
         assert!(text.contains("rejected    3 (range 2, utf8 1)"), "{text}");
         assert!(
-            text.contains("broker      4 clients refused or disconnected (not_authorised 4); 2 refused by the ACL (publish 2)"),
+            text.contains(
+                "broker      4 clients refused or disconnected (not_authorised 4); 2 refused by the ACL (publish 2); on the audit topic, 1 of them in summary records"
+            ),
             "{text}"
         );
     }

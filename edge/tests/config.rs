@@ -17,6 +17,7 @@ fn deploy_edge_configs_load() {
         // The files spell out the defaults, so what they say is what an edge does without them.
         let defaults = EdgeConfig::for_city(city);
         assert_eq!((&c.rate_limit, &c.rollup), (&defaults.rate_limit, &defaults.rollup));
+        assert_eq!(c.refusal_audit, defaults.refusal_audit);
         assert_eq!(c.kafka.rollups_topic, defaults.kafka.rollups_topic);
     }
 }
@@ -52,4 +53,15 @@ fn a_rate_limit_that_admits_nothing_is_refused() {
     std::fs::write(&p, "city = \"c01\"\n[wal]\ndir = \"/tmp/w\"\n[rate_limit]\nevents_per_second = 0.0\n").unwrap();
     let err = EdgeConfig::load(&p).unwrap_err().to_string();
     assert!(err.contains("rate_limit.events_per_second"), "{err}");
+}
+
+#[test]
+fn a_refusal_audit_window_of_zero_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("e.toml");
+    std::fs::write(&p, "city = \"c01\"\n[wal]\ndir = \"/tmp/w\"\n[refusal_audit]\nwindow_secs = 0\n").unwrap();
+    let err = EdgeConfig::load(&p).unwrap_err().to_string();
+    assert!(err.contains("refusal_audit.window_secs = 0"), "{err}");
+    std::fs::write(&p, "city = \"c01\"\n[wal]\ndir = \"/tmp/w\"\n[refusal_audit]\nper_client = 0\n").unwrap();
+    assert_eq!(EdgeConfig::load(&p).unwrap().refusal_audit.per_client, 0, "0: every refusal only in summaries");
 }
