@@ -40,10 +40,7 @@ async fn each_line_of_a_packed_message_is_its_own_event() {
     let dir = tempfile::tempdir().unwrap();
     let me = TerminalTopic { city: "c01".into(), school: "c01-s1".into(), classroom: "c01-s1-r1".into(), terminal: "c01-s1-r1-t".into() };
     let other = TerminalTopic { classroom: "c01-s1-r2".into(), terminal: "c01-s1-r2-t".into(), ..me.clone() };
-    let users: Vec<(String, String)> = [terminal_username(&me), "edge-c01".to_string()]
-        .into_iter()
-        .map(|u| (u.clone(), derived_password(SECRET.as_bytes(), &u)))
-        .collect();
+    let users = edubrain_e2e::hub_logins(SECRET, [terminal_username(&me), "edge-c01".to_string()]);
     let mosquitto = Mosquitto::start(&dir.path().join("mosquitto"), &users).unwrap();
     let tansu = Tansu::start(&dir.path().join("tansu"), Storage::Memory).unwrap();
     let shutdown = CancellationToken::new();

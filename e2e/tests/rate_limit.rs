@@ -16,7 +16,7 @@ use edubrain_brokers::{Mosquitto, Storage, Tansu};
 use edubrain_edge::EdgeConfig;
 use edubrain_edge::metrics::total;
 use edubrain_schemas::event::BandwidthSampled;
-use edubrain_schemas::identity::{derived_password, terminal_username};
+use edubrain_schemas::identity::terminal_username;
 use edubrain_schemas::topics::TerminalTopic;
 use edubrain_schemas::{Event, EventBody, Header, SCHEMA_VERSION};
 use tokio_util::sync::CancellationToken;
@@ -51,9 +51,7 @@ fn events(t: &TerminalTopic, n: usize) -> Vec<Event> {
 async fn a_noisy_terminal_is_deferred_and_the_quiet_ones_are_not() {
     let dir = tempfile::tempdir().unwrap();
     let terminals: Vec<TerminalTopic> = (0..6).map(terminal).collect();
-    let mut users: Vec<(String, String)> =
-        terminals.iter().map(terminal_username).map(|u| (u.clone(), derived_password(SECRET.as_bytes(), &u))).collect();
-    users.push(("edge-c01".into(), derived_password(SECRET.as_bytes(), "edge-c01")));
+    let users = edubrain_e2e::hub_logins(SECRET, terminals.iter().map(terminal_username).chain(["edge-c01".to_string()]));
     let mosquitto = Mosquitto::start(&dir.path().join("mosquitto"), &users).unwrap();
     let tansu = Tansu::start(&dir.path().join("tansu"), Storage::Memory).unwrap();
     let shutdown = CancellationToken::new();

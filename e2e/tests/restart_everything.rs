@@ -177,10 +177,8 @@ async fn everything_killed_and_restarted_in_random_order_loses_and_duplicates_no
     let root = dir.path().to_path_buf();
 
     let terminals = terminals();
-    let mut users: Vec<(String, String)> =
-        terminals.iter().map(terminal_username).map(|u| (u.clone(), derived_password(SECRET.as_bytes(), &u))).collect();
     let edge_user = edge_username("c01");
-    users.push((edge_user.clone(), derived_password(SECRET.as_bytes(), &edge_user)));
+    let users = edubrain_e2e::hub_logins(SECRET, terminals.iter().map(terminal_username).chain([edge_user.clone()]));
     let mosquitto = Mosquitto::start(&root.join("mosquitto"), &users).unwrap();
     let tansu = Tansu::start(&root.join("tansu"), Storage::Sqlite).unwrap();
 

@@ -16,7 +16,7 @@ use edubrain_cloud::analytics::utilisation::{GroupBy, UtilisationRow, utilisatio
 use edubrain_e2e::read_topic;
 use edubrain_edge::EdgeConfig;
 use edubrain_schemas::event::*;
-use edubrain_schemas::identity::{derived_password, terminal_username};
+use edubrain_schemas::identity::terminal_username;
 use edubrain_schemas::topics::{KAFKA_DEADLETTER_TOPIC, TerminalTopic};
 use edubrain_schemas::{Event, EventBody, Header, SCHEMA_VERSION};
 use tokio_util::sync::CancellationToken;
@@ -210,14 +210,8 @@ const SECRET: &str = "spine-test-secret";
 async fn every_event_reaches_the_warehouse_exactly_once_and_analytics_match_hand_computation() {
     let dir = tempfile::tempdir().unwrap();
     let events = province_events();
-    let mut users: Vec<(String, String)> = events
-        .iter()
-        .map(|e| terminal_username(&TerminalTopic::from_header(&e.header)))
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .map(|u| (u.clone(), derived_password(SECRET.as_bytes(), &u)))
-        .collect();
-    users.push(("edge-c01".into(), derived_password(SECRET.as_bytes(), "edge-c01")));
+    let terminals: BTreeSet<String> = events.iter().map(|e| terminal_username(&TerminalTopic::from_header(&e.header))).collect();
+    let users = edubrain_e2e::hub_logins(SECRET, terminals.into_iter().chain(["edge-c01".to_string()]));
     let mosquitto = Mosquitto::start(&dir.path().join("mosquitto"), &users).unwrap();
     let tansu = Tansu::start(&dir.path().join("tansu"), Storage::Memory).unwrap();
     let registry = dir.path().join("registry.csv");
