@@ -37,22 +37,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-/// CPU seconds (user + system) and peak RSS (bytes) of a process, from /proc.
-fn usage(pid: u32) -> (f64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-    // After the command name: state is field 3, utime 14, stime 15 (1-based) → indices 11, 12.
-    let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm_kb: u64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    (ticks / 100.0, hwm_kb * 1024)
-}
+mod support;
+use support::{drop_session, http_get, metric_sum, spawn_edge, usage};
 
 struct Run {
     secs: f64,
@@ -134,14 +120,6 @@ fn edge_delivered(http: &str) -> u64 {
     metric_sum(&http_get(http, "/metrics"), "edubrain_edge_kafka_delivered_total{", Some("topic=\"edubrain.events.v1\"")) as u64
 }
 
-fn metric_sum(metrics: &str, prefix: &str, containing: Option<&str>) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(prefix) && containing.is_none_or(|c| l.contains(c)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// The delivery-latency histogram's cumulative buckets: (upper bound, count).
 fn latency_buckets(metrics: &str) -> Vec<(f64, f64)> {
     metrics
@@ -172,15 +150,6 @@ fn quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
         lower = (le, c);
     }
     f64::NAN
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
 }
 
 #[tokio::main]
@@ -234,22 +203,7 @@ async fn main() {
         ),
     )
     .unwrap();
-    let edge = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_edubrain-edge"))
-            .arg("--config")
-            .arg(&config)
-            .env("EDUBRAIN_EDGE_MQTT_PORT", mosquitto.port.to_string())
-            .env("EDUBRAIN_EDGE_KAFKA_BROKERS", &brokers)
-            .env("EDUBRAIN_EDGE_HTTP_LISTEN", &http)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    // /healthz answers 200 once the edge is connected and subscribed.
-    while !(http_get_ok(&http) && http_get(&http, "/healthz").starts_with("HTTP/1.1 200")) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let edge = spawn_edge(&config, mosquitto.port, &brokers, &http, "warn");
     let pid = edge.id();
     let cpu0 = usage(pid).0;
     let start = Instant::now();
@@ -516,19 +470,4 @@ async fn soak(p: &edubrain_agent::Province, days: u32, n: i64, port: u16, http: 
         "soak: {events_total} events in {busy:.1} s of publishing ({:.0} events/s sustained, target >= 50,000), edge RSS after round 1 {first:.1} MB, after the last {last:.1} MB, max {max:.1} MB",
         events_total as f64 / busy
     );
-}
-
-/// Connects as `user` (its client id, under `use_username_as_clientid`) with a clean session
-/// and leaves: the broker discards the session. It subscribes (`-E` exits on the SUBACK) to a
-/// classroom that does not exist, within what the ACL lets an edge read.
-fn drop_session(port: u16, user: &str, password: &str) {
-    let status = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-u", user, "-P", password, "-t", "edubrain/v1/c01/none/none/none/events", "-E"])
-        .status()
-        .expect("mosquitto_sub");
-    assert!(status.success(), "could not clear the session of {user}");
-}
-
-fn http_get_ok(addr: &str) -> bool {
-    std::net::TcpStream::connect(addr).is_ok()
 }
