@@ -181,6 +181,11 @@ impl Mosquitto {
         Ok(KillOnDrop(child))
     }
 
+    /// The broker's process id (to read its CPU time from /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no shutdown, no last save of its persistence file.
     pub fn kill9(&mut self) {
         let _ = self.child.0.kill();

@@ -33,20 +33,6 @@ struct Round {
     audit_records: u64,
 }
 
-/// The broker's process: the `mosquitto` whose command line names its directory.
-fn broker_pid(dir: &std::path::Path) -> u32 {
-    let needle = dir.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .find(|pid| {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmd = String::from_utf8_lossy(&cmd);
-            cmd.contains("mosquitto") && cmd.contains(&needle)
-        })
-        .expect("the broker's process")
-}
-
 fn counted(http: &str) -> u64 {
     metric_sum(&http_get(http, "/metrics"), "edubrain_edge_mqtt_broker_acl_denials_total{", Some("action=\"publish\"")) as u64
 }
@@ -55,13 +41,11 @@ fn audit_delivered(http: &str) -> u64 {
     metric_sum(&http_get(http, "/metrics"), "edubrain_edge_kafka_delivered_total{", Some("topic=\"edubrain.audit.v1\"")) as u64
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn round(
     per_client: Option<u32>,
     n: u64,
     dir: &std::path::Path,
     mosquitto: &Mosquitto,
-    broker: u32,
     brokers: &str,
     flooder: &TerminalTopic,
     victim: &TerminalTopic,
@@ -79,7 +63,7 @@ async fn round(
     )
     .unwrap();
     let edge = spawn_edge(&config, mosquitto.port, brokers, &http, "error");
-    let pid = edge.id();
+    let (pid, broker) = (edge.id(), mosquitto.pid());
     let (edge0, broker0, audit0) = (usage(pid).0, usage(broker).0, audit_delivered(&http));
     let start = Instant::now();
     let target = MqttTarget::new("127.0.0.1", mosquitto.port).with_secret(SECRET);
@@ -126,7 +110,6 @@ async fn main() {
         })
         .collect();
     let mosquitto = Mosquitto::start(&dir.path().join("mosquitto"), &users).unwrap();
-    let broker = broker_pid(&dir.path().join("mosquitto"));
     let tansu = Tansu::start(&dir.path().join("tansu"), Storage::Memory).unwrap();
     println!(
         "refusal flood: one terminal publishes {n} QoS 1 messages on another classroom's topic, {rounds} rounds per variant, \
@@ -136,7 +119,7 @@ async fn main() {
     let mut results: Vec<Vec<Round>> = variants.iter().map(|_| Vec::new()).collect();
     for _ in 0..rounds {
         for (i, (_, per_client)) in variants.iter().enumerate() {
-            results[i].push(round(*per_client, n, dir.path(), &mosquitto, broker, &tansu.bootstrap(), &flooder, &victim).await);
+            results[i].push(round(*per_client, n, dir.path(), &mosquitto, &tansu.bootstrap(), &flooder, &victim).await);
         }
     }
     println!("| variant | refusals/s | edge CPU µs/refusal | broker CPU µs/refusal | audit records confirmed by Kafka |");

@@ -651,23 +651,22 @@ impl Pump {
                 received_ms,
                 line: record::cut(text.trim_end(), broker_log::MAX_LINE_BYTES),
             };
-            Some(
-                WalRecord {
-                    destination: Destination::Audit,
-                    event_id: None,
-                    key: self.config.city.clone(),
-                    headers: vec![
-                        ("edubrain.reason", reason.to_string()),
-                        ("edubrain.edge_city", self.config.city.clone()),
-                        ("edubrain.received_ms", received_ms.to_string()),
-                    ],
-                    payload: serde_json::to_vec(&audit).expect("audit records serialise"),
-                }
-                .encode(),
-            )
+            Some(self.audit_record(reason, received_ms, None, serde_json::to_vec(&audit).expect("audit records serialise")))
         });
         drop(text); // it borrows `publish`, which moves next
         Classified { publish, acks_topic: None, events: vec![ClassifiedEvent { record, ack: None }], received }
+    }
+
+    /// A record for the audit topic, keyed by the city, with the refusal's reason, the receipt
+    /// time and, for a summary, how many refusals it stands for, in headers.
+    fn audit_record(&self, reason: &str, received_ms: i64, summarised: Option<u64>, payload: Vec<u8>) -> Vec<u8> {
+        let mut headers = vec![
+            ("edubrain.reason", reason.to_string()),
+            ("edubrain.edge_city", self.config.city.clone()),
+            ("edubrain.received_ms", received_ms.to_string()),
+        ];
+        headers.extend(summarised.map(|n| ("edubrain.summarised", n.to_string())));
+        WalRecord { destination: Destination::Audit, event_id: None, key: self.config.city.clone(), headers, payload }.encode()
     }
 
     /// Closes the rollup windows and the refusal-audit windows that are due (`stopping`: every
@@ -696,20 +695,10 @@ impl Pump {
                 summarised = summary.summarised,
                 "the MQTT broker kept refusing a client: refusals past refusal_audit.per_client audited in one summary record"
             );
-            let record = WalRecord {
-                destination: Destination::Audit,
-                event_id: None,
-                key: self.config.city.clone(),
-                headers: vec![
-                    ("edubrain.reason", summary.reason.to_string()),
-                    ("edubrain.edge_city", self.config.city.clone()),
-                    ("edubrain.received_ms", received_ms.to_string()),
-                    ("edubrain.summarised", summary.summarised.to_string()),
-                ],
-                payload: serde_json::to_vec(&refusal_audit::SummaryRecord::new(&summary, &self.config.city, received_ms))
-                    .expect("audit records serialise"),
-            };
-            self.window_records_pending.push(record.encode());
+            let payload = serde_json::to_vec(&refusal_audit::SummaryRecord::new(&summary, &self.config.city, received_ms))
+                .expect("audit records serialise");
+            let record = self.audit_record(summary.reason, received_ms, Some(summary.summarised), payload);
+            self.window_records_pending.push(record);
         }
         let wal = self.wal.as_ref().expect("wal");
         let room = self.window_records_pending.iter().all(|r| wal.has_room_for(r.len())) && !self.window_records_pending.is_empty();

@@ -176,7 +176,6 @@ impl EdgeMetrics {
     }
 }
 
-/// The sum of a counter vector over all its label values.
 /// `c` with a series for each of `values` of its one label, at 0.
 fn with_values<'a>(c: IntCounterVec, values: impl IntoIterator<Item = &'a str>) -> IntCounterVec {
     for v in values {
@@ -185,6 +184,7 @@ fn with_values<'a>(c: IntCounterVec, values: impl IntoIterator<Item = &'a str>) 
     c
 }
 
+/// The sum of a counter vector over all its label values.
 pub fn total(c: &IntCounterVec) -> u64 {
     use prometheus::core::Collector;
     c.collect().iter().flat_map(|f| f.get_metric().iter().map(|m| m.get_counter().get_value() as u64)).sum()

@@ -110,15 +110,8 @@ impl RefusalAudit {
 
     /// Takes one refusal for `reason` of `client` (with its `topic`, if any) at `now_ms`.
     pub fn admit(&mut self, reason: &'static str, client: Option<&str>, topic: Option<&str>, now_ms: i64) -> Verdict {
-        let who = match client {
-            Some(c) => Who::Client(c.to_string()),
-            None => Who::Unknown,
-        };
-        let key = if self.windows.contains_key(&(reason, who.clone())) || self.windows.len() < self.limits.max_clients {
-            (reason, who)
-        } else {
-            (reason, Who::Others)
-        };
+        let own = (reason, client.map_or(Who::Unknown, |c| Who::Client(c.to_string())));
+        let key = if self.windows.len() < self.limits.max_clients || self.windows.contains_key(&own) { own } else { (reason, Who::Others) };
         if let Some(w) = self.windows.get(&key)
             && now_ms >= w.opened_ms.saturating_add(self.limits.window_ms)
         {
