@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use edubrain_edge::{EdgeConfig, RunningEdge};
 
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 /// The hub's logins for `users`, each with the password derived from the provisioning
@@ -87,6 +90,35 @@ fn reader(brokers: &str, topic: &str, eof: bool) -> (StreamConsumer, std::collec
     }
     consumer.assign(&tpl).unwrap();
     (consumer, partitions)
+}
+
+/// Creates `topic` with one partition.
+pub async fn create_topic(brokers: &str, topic: &str) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let created = admin.create_topics(&[NewTopic::new(topic, 1, TopicReplication::Fixed(1))], &options).await.unwrap();
+    assert!(created.iter().all(Result::is_ok), "creating {topic}: {created:?}");
+}
+
+/// Produces `n` records to `topic` with the idempotent producer, all enqueued before the first
+/// delivery is awaited (so they are batched): record `i` has key `k{i}`, value `value(i)` and
+/// two headers as edubrain's records carry, `edubrain.received_ms` = `i` and
+/// `edubrain.edge_city` = `c01`. Returns once Kafka has confirmed every one.
+pub async fn produce_with_headers(brokers: &str, topic: &str, n: u64, value: impl Fn(u64) -> Vec<u8>) {
+    let producer: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", brokers).set("enable.idempotence", "true").set("linger.ms", "5").create().unwrap();
+    let deliveries: Vec<_> = (0..n)
+        .map(|i| {
+            let (key, value, received) = (format!("k{i}"), value(i), i.to_string());
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: "edubrain.received_ms", value: Some(&received) })
+                .insert(Header { key: "edubrain.edge_city", value: Some("c01") });
+            producer.send_result(FutureRecord::to(topic).key(&key).payload(&value).headers(headers)).map_err(|(e, _)| e).unwrap()
+        })
+        .collect();
+    for delivery in deliveries {
+        delivery.await.unwrap().map_err(|(e, _)| e).unwrap();
+    }
 }
 
 /// Reads `n` records of `topic` from the beginning: (value, headers).

@@ -4,17 +4,10 @@
 //! the header lookup uses it, after a restart too, and a consumer reading a backlog from the
 //! beginning gets every record with its own headers.
 
-use std::time::Duration;
-
 use edubrain_brokers::{Storage, Tansu};
-use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 
 const TOPIC: &str = "backlog";
-const RECORDS: usize = 2_000;
+const RECORDS: u64 = 2_000;
 
 /// How sqlite plans Tansu's per-record header lookup (its `header_fetch.sql` joins to
 /// `header` on these two columns).
@@ -29,42 +22,15 @@ async fn headers_are_indexed_and_a_backlog_reads_back_with_them_after_a_restart(
     let plan = header_lookup_plan(&tansu);
     assert!(plan.contains("USING INDEX edubrain_header_record"), "the header lookup scans the table:\n{plan}");
 
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", tansu.bootstrap()).create().unwrap();
-    let created = admin
-        .create_topics(
-            &[NewTopic::new(TOPIC, 1, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await
-        .unwrap();
-    assert!(created.iter().all(Result::is_ok), "{created:?}");
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", tansu.bootstrap())
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
-    // Enqueued together, so the producer batches them, then each delivery awaited.
-    let deliveries: Vec<_> = (0..RECORDS)
-        .map(|i| {
-            let (key, value, received) = (format!("k{i}"), format!("v{i}"), i.to_string());
-            let headers = OwnedHeaders::new()
-                .insert(Header { key: "edubrain.received_ms", value: Some(&received) })
-                .insert(Header { key: "edubrain.edge_city", value: Some("c01") });
-            producer.send_result(FutureRecord::to(TOPIC).key(&key).payload(&value).headers(headers)).map_err(|(e, _)| e).unwrap()
-        })
-        .collect();
-    for delivery in deliveries {
-        delivery.await.unwrap().map_err(|(e, _)| e).unwrap();
-    }
-    drop(producer);
+    edubrain_e2e::create_topic(&tansu.bootstrap(), TOPIC).await;
+    edubrain_e2e::produce_with_headers(&tansu.bootstrap(), TOPIC, RECORDS, |i| format!("v{i}").into_bytes()).await;
 
     tokio::task::block_in_place(|| tansu.restart()).unwrap();
     let plan = header_lookup_plan(&tansu);
     assert!(plan.contains("USING INDEX edubrain_header_record"), "no index after a restart:\n{plan}");
 
     let records = edubrain_e2e::read_to_end(&tansu.bootstrap(), TOPIC).await;
-    assert_eq!(records.len(), RECORDS);
+    assert_eq!(records.len() as u64, RECORDS);
     for (i, (value, headers)) in records.iter().enumerate() {
         assert_eq!(value, format!("v{i}").as_bytes());
         assert_eq!(headers.get("edubrain.received_ms").map(String::as_str), Some(i.to_string().as_str()), "record {i}: {headers:?}");
