@@ -31,6 +31,8 @@ pub enum BrokerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{what} failed on {input} ({status}): {stderr}")]
+    ToolFailed { what: &'static str, input: String, status: std::process::ExitStatus, stderr: String },
     #[error("deploy/prometheus/prometheus.yml no longer has {what}; update Prometheus::deployed_config to match it")]
     DeployedConfig { what: String },
     #[error("{what} did not accept connections on {addr} within {secs}s (log: {log})")]
@@ -122,13 +124,7 @@ impl Mosquitto {
         let passwords = dir.join("passwords");
         let plain: String = users.iter().map(|(u, p)| format!("{u}:{p}\n")).collect();
         std::fs::write(&passwords, plain).map_err(spawn_err)?;
-        let hashed = Command::new("mosquitto_passwd").arg("-U").arg(&passwords).status().map_err(spawn_err)?;
-        if !hashed.success() {
-            return Err(BrokerError::Spawn {
-                what: "mosquitto",
-                source: std::io::Error::other(format!("mosquitto_passwd -U exited with {hashed}")),
-            });
-        }
+        run_tool("mosquitto_passwd", Command::new("mosquitto_passwd").arg("-U").arg(&passwords), &passwords.display().to_string())?;
         let port = free_port();
         let base = std::fs::read_to_string(repo_root().join("deploy/mosquitto/edubrain.conf")).map_err(spawn_err)?;
         let acl = repo_root().join("deploy/mosquitto/acl");
@@ -289,14 +285,18 @@ impl Pki {
 }
 
 fn openssl(args: &[&str]) -> Result<(), BrokerError> {
-    let out = Command::new("openssl").args(args).output().map_err(|e| BrokerError::Spawn { what: "openssl", source: e })?;
+    run_tool("openssl", Command::new("openssl").args(args), &args.join(" ")).map(drop)
+}
+
+/// Runs a helper tool to completion; returns what it printed, or an error naming the tool,
+/// `context` (what it was run on), its exit status and what it wrote to stderr.
+fn run_tool(what: &'static str, command: &mut Command, context: &str) -> Result<String, BrokerError> {
+    let out = command.output().map_err(|e| BrokerError::Spawn { what, source: e })?;
     if out.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(BrokerError::Spawn {
-            what: "openssl",
-            source: std::io::Error::other(format!("openssl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr))),
-        })
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        Err(BrokerError::ToolFailed { what, input: context.to_string(), status: out.status, stderr })
     }
 }
 
@@ -362,19 +362,14 @@ impl Tansu {
     /// command-line client cannot log in itself.
     pub fn create_scram_user(&self, name: &str, password: &str) -> Result<(), BrokerError> {
         let broker = format!("tcp://127.0.0.1:{}", self.port);
-        let out = Command::new(tansu_binary()?)
-            .args(["user", "create", "--broker", &broker, "--mechanism", "scram512", name, password])
-            .env("RUST_LOG", "warn")
-            .output()
-            .map_err(|e| BrokerError::Spawn { what: "tansu user create", source: e })?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(BrokerError::Spawn {
-                what: "tansu user create",
-                source: std::io::Error::other(format!("{name}: {}", String::from_utf8_lossy(&out.stderr))),
-            })
-        }
+        run_tool(
+            "tansu user create",
+            Command::new(tansu_binary()?)
+                .args(["user", "create", "--broker", &broker, "--mechanism", "scram512", name, password])
+                .env("RUST_LOG", "warn"),
+            name,
+        )
+        .map(drop)
     }
 
     /// Restarts requiring SASL (Tansu's `--authentication`: SCRAM logins made with
@@ -486,20 +481,14 @@ fn sqlite_shell(dir: &Path, sql: &str) -> Result<String, BrokerError> {
         &[PathBuf::from("/usr/bin/sqlite3")],
         "run scripts/ensure-tools (apt-get install sqlite3)",
     )?;
-    let out = Command::new(sqlite3)
-        .current_dir(dir)
-        // Waits for the broker's own writes rather than failing with "database is locked".
-        .args(["-cmd", ".timeout 30000", "tansu.db", sql])
-        .output()
-        .map_err(|e| BrokerError::Spawn { what: "sqlite3", source: e })?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(BrokerError::Spawn {
-            what: "sqlite3",
-            source: std::io::Error::other(format!("{sql} on {}: {}", dir.join("tansu.db").display(), String::from_utf8_lossy(&out.stderr))),
-        })
-    }
+    run_tool(
+        "sqlite3",
+        Command::new(sqlite3)
+            .current_dir(dir)
+            // Waits for the broker's own writes rather than failing with "database is locked".
+            .args(["-cmd", ".timeout 30000", "tansu.db", sql]),
+        &format!("{sql} on {}", dir.join("tansu.db").display()),
+    )
 }
 
 /// TLS in front of a plaintext broker: socat (Debian's) accepting TLS with a server
@@ -548,19 +537,8 @@ impl KillOnDrop {
 
     /// Sends `SIG{name}` with kill(1) (this workspace forbids `unsafe`, so no libc call).
     pub fn signal(&self, name: &str) -> Result<(), BrokerError> {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.id().to_string())
-            .status()
-            .map_err(|e| BrokerError::Spawn { what: "kill", source: e })?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(BrokerError::Spawn {
-                what: "kill",
-                source: std::io::Error::other(format!("kill -{name} {} exited with {status}", self.id())),
-            })
-        }
+        let pid = self.id().to_string();
+        run_tool("kill", Command::new("kill").arg(format!("-{name}")).arg(&pid), &format!("-{name} {pid}")).map(drop)
     }
 }
 
@@ -667,5 +645,21 @@ impl Prometheus {
     /// `http://127.0.0.1:port`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_tool_is_named_with_its_input_status_and_stderr() {
+        let err = run_tool("sh", Command::new("sh").args(["-c", "echo 'no such table: header' >&2; exit 3"]), "SELECT 1 on tansu.db")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "sh failed on SELECT 1 on tansu.db (exit status: 3): no such table: header");
+        assert_eq!(run_tool("sh", Command::new("sh").args(["-c", "echo ok"]), "echo").unwrap(), "ok\n");
+        let missing = run_tool("no-such-tool", &mut Command::new("/nonexistent/no-such-tool"), "x").unwrap_err().to_string();
+        assert!(missing.starts_with("starting no-such-tool: "), "{missing}");
     }
 }
