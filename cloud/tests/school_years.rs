@@ -92,6 +92,13 @@ async fn a_school_that_changes_alliance_counts_with_the_alliance_of_each_day() {
     let mover_rooms = province.school(&mover).unwrap().classrooms.len() as u64;
     assert_eq!(rooms(&sep, &to), rooms(&aug, &to) + mover_rooms, "aug {aug:?}\nsep {sep:?}");
     assert_eq!(rooms(&sep, &from) + mover_rooms, rooms(&aug, &from));
+    // Both days in one query: each (room, day) under its own day's version, so the mover's
+    // rooms count in both alliances and every room-day's timetable hours once.
+    let both = utilisation(&w, GroupBy::Alliance, DateRange { from: day(31).from, to: day(1).to }, &t).await.unwrap();
+    assert_eq!(rooms(&both, &to), rooms(&sep, &to), "both {both:?}");
+    assert_eq!(rooms(&both, &from), rooms(&aug, &from));
+    let hours = |rows: &[edubrain_cloud::analytics::utilisation::UtilisationRow]| rows.iter().map(|r| r.timetable_hours).sum::<f64>();
+    assert_eq!(hours(&both), hours(&aug) + hours(&sep));
     // Registry-only analytics use the newest version unless asked.
     assert_eq!(w.schools().iter().find(|s| s.school_id == mover).unwrap().alliance, to);
     assert_eq!(w.registry().year(SchoolYear(2025)).unwrap().iter().find(|s| s.school_id == mover).unwrap().alliance, from);
