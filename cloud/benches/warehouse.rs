@@ -4,7 +4,11 @@
 //! 1. Ingest: the simulator's events are encoded as the JSON Kafka values the cloud consumes;
 //!    the timed part is what the cloud's ingest does with them: decode, Arrow batches per
 //!    (date, city), Parquet (zstd) written to a temporary name, fsynced and renamed. Reports
-//!    events/s of wall time and per CPU-second (the bench is one thread: per core).
+//!    events/s of wall time and per CPU-second (the bench is one thread: per core). Baseline:
+//!    DuckDB (one thread) turns the first `EDUBRAIN_BENCH_INGEST_BASELINE_EVENTS` (default
+//!    1,000,000) of the same JSON values into Parquet (`benches/duckdb_ingest.py`); the ratio
+//!    of the two rates on those events says how far the per-core figure is this machine's and
+//!    how far the code's.
 //! 2. Freshness, consumer to queryable: events arrive at `EDUBRAIN_BENCH_ARRIVAL_RATE`
 //!    (default 50,000/s); the ingest flushes every second or at 100,000 events, as configured by
 //!    default; an event waits for its flush and then for the flush's real write time, measured
@@ -25,7 +29,8 @@
 //! directory; a later run with the same count reuses it and only runs the suites (to compare
 //! query settings, e.g. `DATAFUSION_*` variables, on the same files).
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
@@ -69,6 +74,22 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
+}
+
+/// Events/s per CPU-second of DuckDB turning `sample` (JSON lines) into Parquet
+/// (`benches/duckdb_ingest.py`), checked to have kept all `events`.
+fn duckdb_ingest(python: &Path, sample: &Path, out: &Path, events: usize) -> f64 {
+    let run = Command::new(python)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/duckdb_ingest.py"))
+        .arg(sample)
+        .arg(out)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (scripts/bench installs duckdb and pyarrow)", python.display()));
+    assert!(run.status.success(), "duckdb_ingest.py failed:\n{}", String::from_utf8_lossy(&run.stderr));
+    let _ = std::fs::remove_file(out);
+    let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(report["events"].as_u64(), Some(events as u64), "DuckDB wrote every sampled event");
+    events as f64 / report["cpu_s"].as_f64().unwrap()
 }
 
 async fn suite(w: &Warehouse, schools: &[edubrain_schemas::School]) {
@@ -121,6 +142,12 @@ fn main() {
     let (mut total, mut files, mut bytes, mut seq) = (0u64, 0u64, 0u64, 0u64);
     let (mut ingest_wall, mut ingest_cpu, mut simulate_wall) = (0.0, 0.0, 0.0);
     let mut freshness = Vec::new();
+    // The first flushes' events, as JSON lines, for the DuckDB ingest baseline (whole flushes
+    // of at least this many events), and what ingesting them cost here.
+    let sample_target = env_num("EDUBRAIN_BENCH_INGEST_BASELINE_EVENTS", 1_000_000.0).min(target as f64) as usize;
+    let sample_path = dir.join("ingest-sample.ndjson");
+    let mut sample = std::io::BufWriter::new(std::fs::File::create(&sample_path).unwrap());
+    let (mut sampled, mut sample_cpu) = (0usize, 0.0);
     let mut day = NaiveDate::from_ymd_opt(2025, 9, 1).unwrap();
     let mut days = 0;
     println!(
@@ -139,6 +166,13 @@ fn main() {
         drop(events);
         simulate_wall += t.elapsed().as_secs_f64();
         for chunk in payloads.chunks(flush_events) {
+            let in_sample = sampled < sample_target;
+            if in_sample {
+                for payload in chunk {
+                    sample.write_all(payload).unwrap();
+                    sample.write_all(b"\n").unwrap();
+                }
+            }
             let (cpu0, _) = usage();
             let t = Instant::now();
             let stored: Vec<StoredEvent> = chunk
@@ -151,7 +185,11 @@ fn main() {
             let (f, b) = edubrain_cloud::sink::write_events(&root, &format!("part-{seq:016x}.parquet"), stored, local_offset()).unwrap();
             let write_s = t.elapsed().as_secs_f64();
             ingest_wall += write_s;
-            ingest_cpu += usage().0 - cpu0;
+            let cpu = usage().0 - cpu0;
+            ingest_cpu += cpu;
+            if in_sample {
+                (sampled, sample_cpu) = (sampled + chunk.len(), sample_cpu + cpu);
+            }
             (files, bytes, seq) = (files + f, bytes + b, seq + 1);
             // Arrivals spread evenly over the fill time: the k-th of 20 waits (1 - k/20) of it.
             let fill = fill_s * chunk.len() as f64 / flush_events as f64;
@@ -169,6 +207,9 @@ fn main() {
     }
     freshness.sort_by(f64::total_cmp);
     let per_core = total as f64 / ingest_cpu;
+    sample.into_inner().unwrap().sync_all().unwrap();
+    let ingest_baseline = (sampled > 0).then(|| duckdb_ingest(&python, &sample_path, &dir.join("ingest-sample.parquet"), sampled));
+    let _ = std::fs::remove_file(&sample_path);
 
     // Compaction, as ingest runs it (here all at once, before the suite; the run with
     // EDUBRAIN_BENCH_COMPACT=0 shows the suite on the files as ingest left them).
@@ -240,6 +281,14 @@ fn main() {
     if reused.is_none() {
         println!("  events/s (wall)       {:.0}", total as f64 / ingest_wall);
         println!("  events/s per core     {per_core:.0}   (target >= 300,000: {})", if per_core >= 300_000.0 { "met" } else { "NOT met" });
+        if let Some(duck) = ingest_baseline {
+            let ours = sampled as f64 / sample_cpu;
+            println!(
+                "  baseline, the first {sampled} events: here {ours:.0}/s per core; DuckDB (read_ndjson to one Parquet zstd file, \
+                 no validation or partitioning) {duck:.0}/s per core; ratio {:.2}x DuckDB's rate",
+                ours / duck
+            );
+        }
         println!("  (simulating them took {simulate_wall:.1} s, not counted)");
         let (p50, p99) = (percentile(&freshness, 0.5), percentile(&freshness, 0.99));
         println!("Freshness, consumer to queryable, at {arrival_rate:.0} events/s:");
