@@ -34,11 +34,8 @@ pub struct RankingMetrics {
 
 /// The popularity baseline's list for `school`.
 pub fn popularity(inputs: &Inputs, school: &str, k: usize) -> Vec<String> {
-    let mut candidates: Vec<_> = inputs
-        .resources
-        .iter()
-        .filter(|r| r.owner_school != school && !inputs.used.contains(&(school.to_string(), r.resource_id.clone())))
-        .collect();
+    let mut candidates: Vec<_> =
+        inputs.resources.iter().filter(|r| r.owner_school != school && !inputs.has_used(school, &r.resource_id)).collect();
     candidates.sort_by(|a, b| b.reuse_schools.cmp(&a.reuse_schools).then_with(|| a.resource_id.cmp(&b.resource_id)));
     candidates.into_iter().take(k).map(|r| r.resource_id.clone()).collect()
 }
@@ -102,10 +99,7 @@ pub async fn evaluate(w: &Warehouse, cutoff: NaiveDate, weights: &Recommendation
         let (school, resource) = (get("school"), get("resource_id"));
         // New uses of resources owned elsewhere; a resource first uploaded after the cutoff
         // could not have been offered by either list, so it is not counted against them.
-        if get("owner_school") != school
-            && offerable.contains(resource.as_str())
-            && !inputs.used.contains(&(school.clone(), resource.clone()))
-        {
+        if get("owner_school") != school && offerable.contains(resource.as_str()) && !inputs.has_used(&school, &resource) {
             truth.entry(school).or_default().insert(resource);
         }
     }
