@@ -48,8 +48,8 @@ pub fn write_events(
     offset: chrono::FixedOffset,
 ) -> Result<(u64, u64), CloudError> {
     let (mut files, mut bytes) = (0, 0);
-    for (key, part) in crate::batch::partition(events, offset) {
-        let batch = crate::batch::build_batch(&part)?;
+    for (key, part) in crate::batch::partition(&events, offset) {
+        let batch = crate::batch::build_batch(part)?;
         let (_, size) = write_parquet_atomic(&root.join("events").join(key.dir()), name, &batch)?;
         files += 1;
         bytes += size;
