@@ -29,6 +29,7 @@
 //! directory; a later run with the same count reuses it and only runs the suites (to compare
 //! query settings, e.g. `DATAFUSION_*` variables, on the same files).
 
+use std::ffi::OsStr;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -76,18 +77,23 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Runs one of this bench's Python baselines (`benches/{script}`) and returns the JSON object it
+/// prints.
+fn run_python(python: &Path, script: &str, args: &[&OsStr]) -> serde_json::Value {
+    let run = Command::new(python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches").join(script))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (scripts/bench installs duckdb and pyarrow)", python.display()));
+    assert!(run.status.success(), "{script} failed:\n{}", String::from_utf8_lossy(&run.stderr));
+    serde_json::from_slice(&run.stdout).unwrap()
+}
+
 /// Events/s per CPU-second of DuckDB turning `sample` (JSON lines) into Parquet
 /// (`benches/duckdb_ingest.py`), checked to have kept all `events`.
 fn duckdb_ingest(python: &Path, sample: &Path, out: &Path, events: usize) -> f64 {
-    let run = Command::new(python)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/duckdb_ingest.py"))
-        .arg(sample)
-        .arg(out)
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e} (scripts/bench installs duckdb and pyarrow)", python.display()));
-    assert!(run.status.success(), "duckdb_ingest.py failed:\n{}", String::from_utf8_lossy(&run.stderr));
+    let report = run_python(python, "duckdb_ingest.py", &[sample.as_ref(), out.as_ref()]);
     let _ = std::fs::remove_file(out);
-    let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
     assert_eq!(report["events"].as_u64(), Some(events as u64), "DuckDB wrote every sampled event");
     events as f64 / report["cpu_s"].as_f64().unwrap()
 }
@@ -197,7 +203,7 @@ fn main() {
                     StoredEvent { received_time: event.header.event_time, event, clock_flag: None }
                 })
                 .collect();
-            let (f, b) = edubrain_cloud::sink::write_events(&root, &format!("part-{seq:016x}.parquet"), stored, local_offset()).unwrap();
+            let (f, b) = edubrain_cloud::sink::write_events(&root, &format!("part-{seq:016x}.parquet"), &stored, local_offset()).unwrap();
             let write_s = t.elapsed().as_secs_f64();
             ingest_wall += write_s;
             let cpu = usage().0 - cpu0;
@@ -273,16 +279,8 @@ fn main() {
     };
     let queries_path = dir.join("queries.json");
     std::fs::write(&queries_path, serde_json::to_vec(&queries).unwrap()).unwrap();
-    let out = Command::new(&python)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/duckdb_suite.py"))
-        .arg(&root)
-        .arg(&registry)
-        .arg(&queries_path)
-        .arg(REPEATS.to_string())
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e} (scripts/bench installs duckdb and pyarrow)", python.display()));
-    assert!(out.status.success(), "duckdb_suite.py failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    let duck: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let repeats = REPEATS.to_string();
+    let duck = run_python(&python, "duckdb_suite.py", &[root.as_ref(), registry.as_ref(), queries_path.as_ref(), repeats.as_ref()]);
     let duck_runs: Vec<f64> = duck["runs_s"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     let (_, peak_rss) = usage();
 

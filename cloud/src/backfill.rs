@@ -178,7 +178,7 @@ impl Writer {
         let n = events.len() as u64;
         let name = format!("backfill-{}-{:06}.parquet", self.run.simple(), self.flushes);
         self.flushes += 1;
-        let (files, _) = write_events(&self.root, &name, events, self.offset)?;
+        let (files, _) = write_events(&self.root, &name, &events, self.offset)?;
         progress.files_written += files;
         progress.events_written += n;
         Ok(())

@@ -400,7 +400,7 @@ fn flush(
     let events = std::mem::take(buffer);
     let received: Vec<DateTime<Utc>> = events.iter().map(|e| e.received_time).collect();
     let n = events.len() as u64;
-    let (files, bytes) = write_events(root, &format!("part-{tag:016x}.parquet"), events, offset)?;
+    let (files, bytes) = write_events(root, &format!("part-{tag:016x}.parquet"), &events, offset)?;
     metrics.files_written.inc_by(files);
     metrics.bytes_written.inc_by(bytes);
     if !poison.is_empty() {
@@ -477,9 +477,9 @@ mod tests {
         let t = Utc.with_ymd_and_hms(2026, 11, 16, 2, 0, 0).unwrap();
         let cst = FixedOffset::east_opt(8 * 3600).unwrap();
         assert!(recent_event_ids(dir.path(), 10).unwrap().is_empty(), "no warehouse yet");
-        write_events(dir.path(), "part-a.parquet", (1..=3).map(|id| stored(id, t, t, None)).collect(), cst).unwrap();
+        write_events(dir.path(), "part-a.parquet", &(1..=3).map(|id| stored(id, t, t, None)).collect::<Vec<_>>(), cst).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
-        write_events(dir.path(), "part-b.parquet", (4..=5).map(|id| stored(id, t, t, None)).collect(), cst).unwrap();
+        write_events(dir.path(), "part-b.parquet", &(4..=5).map(|id| stored(id, t, t, None)).collect::<Vec<_>>(), cst).unwrap();
         assert_eq!(recent_event_ids(dir.path(), 10).unwrap(), vec![4, 5, 1, 2, 3]);
         assert_eq!(recent_event_ids(dir.path(), 3).unwrap(), vec![4, 5, 1], "the newest file first, then cut at the capacity");
     }

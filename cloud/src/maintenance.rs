@@ -386,8 +386,8 @@ mod tests {
         let root = dir.path();
         let w = Warehouse::open(root, Vec::new(), 1 << 28).await.unwrap();
         for flush in 0..10u128 {
-            let events = (0..50).map(|i| event(flush * 1000 + i, 23, if i % 2 == 0 { "c01" } else { "c02" })).collect();
-            crate::sink::write_events(root, &format!("part-{flush:04}.parquet"), events, offset()).unwrap();
+            let events: Vec<_> = (0..50).map(|i| event(flush * 1000 + i, 23, if i % 2 == 0 { "c01" } else { "c02" })).collect();
+            crate::sink::write_events(root, &format!("part-{flush:04}.parquet"), &events, offset()).unwrap();
         }
         let partition = root.join("events/date=2026-11-23/city=c01");
         assert_eq!(parquet_files(&partition), 10);
@@ -407,7 +407,7 @@ mod tests {
 
         // More flushes: the merged file is kept, the new small ones merged with nothing lost.
         for flush in 10..15u128 {
-            crate::sink::write_events(root, &format!("part-{flush:04}.parquet"), vec![event(flush * 1000, 23, "c01")], offset()).unwrap();
+            crate::sink::write_events(root, &format!("part-{flush:04}.parquet"), &[event(flush * 1000, 23, "c01")], offset()).unwrap();
         }
         let cfg = MaintenanceConfig { small_file_bytes: 1, ..cfg }; // nothing is small now
         assert_eq!(run(root, &cfg, NaiveDate::from_ymd_opt(2026, 11, 27).unwrap(), GRACE).unwrap().files_merged, 0);
@@ -424,8 +424,8 @@ mod tests {
         let root = dir.path();
         for flush in 0..6u128 {
             for city in ["c01", "c02"] {
-                let events = (0..20).map(|i| event(flush * 1000 + i + if city == "c01" { 0 } else { 500 }, 23, city)).collect();
-                crate::sink::write_events(root, &format!("part-{flush:04}.parquet"), events, offset()).unwrap();
+                let events: Vec<_> = (0..20).map(|i| event(flush * 1000 + i + if city == "c01" { 0 } else { 500 }, 23, city)).collect();
+                crate::sink::write_events(root, &format!("part-{flush:04}.parquet"), &events, offset()).unwrap();
             }
         }
         let one_file = std::fs::metadata(root.join("events/date=2026-11-23/city=c01/part-0000.parquet")).unwrap().len();
@@ -445,7 +445,7 @@ mod tests {
         // What a crash leaves (a half-built or a replaced partition) is outside the table.
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        crate::sink::write_events(root, "part-1.parquet", vec![event(1, 23, "c01")], offset()).unwrap();
+        crate::sink::write_events(root, "part-1.parquet", &[event(1, 23, "c01")], offset()).unwrap();
         let stray = root.join("maintenance/compacting-1/date=2026-11-23/city=c01");
         std::fs::create_dir_all(&stray).unwrap();
         std::fs::copy(root.join("events/date=2026-11-23/city=c01/part-1.parquet"), stray.join("part-1.parquet")).unwrap();
@@ -459,7 +459,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         for day in [1, 10, 20, 23] {
-            crate::sink::write_events(root, "part-1.parquet", vec![event(day as u128, day, "c01")], offset()).unwrap();
+            crate::sink::write_events(root, "part-1.parquet", &[event(day as u128, day, "c01")], offset()).unwrap();
         }
         let w = Warehouse::open(root, Vec::new(), 1 << 28).await.unwrap();
         let cfg = MaintenanceConfig { retention_days: 10, ..MaintenanceConfig::default() };

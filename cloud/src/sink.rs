@@ -44,11 +44,11 @@ pub fn write_parquet_atomic(dir: &Path, name: &str, batch: &RecordBatch) -> Resu
 pub fn write_events(
     root: &Path,
     name: &str,
-    events: Vec<crate::batch::StoredEvent>,
+    events: &[crate::batch::StoredEvent],
     offset: chrono::FixedOffset,
 ) -> Result<(u64, u64), CloudError> {
     let (mut files, mut bytes) = (0, 0);
-    for (key, part) in crate::batch::partition(&events, offset) {
+    for (key, part) in crate::batch::partition(events, offset) {
         let batch = crate::batch::build_batch(part)?;
         let (_, size) = write_parquet_atomic(&root.join("events").join(key.dir()), name, &batch)?;
         files += 1;

@@ -492,7 +492,7 @@ mod tests {
     }
 
     fn write(dir: &Path, name: &str, events: Vec<crate::batch::StoredEvent>) {
-        crate::sink::write_events(dir, name, events, chrono::FixedOffset::east_opt(8 * 3600).unwrap()).unwrap();
+        crate::sink::write_events(dir, name, &events, chrono::FixedOffset::east_opt(8 * 3600).unwrap()).unwrap();
     }
 
     async fn count(w: Warehouse) -> u64 {

@@ -74,7 +74,7 @@ async fn a_stream_holds_off_compaction_until_it_ends_or_times_out() {
     let stored: Vec<StoredEvent> =
         events.into_iter().map(|event| StoredEvent { received_time: event.header.event_time, event, clock_flag: None }).collect();
     for (i, chunk) in stored.chunks(total.div_ceil(FILES)).enumerate() {
-        edubrain_cloud::sink::write_events(&root, &format!("part-{i:03}.parquet"), chunk.to_vec(), local_offset()).unwrap();
+        edubrain_cloud::sink::write_events(&root, &format!("part-{i:03}.parquet"), chunk, local_offset()).unwrap();
     }
 
     let warehouse = Warehouse::open(&root, Vec::new(), 1 << 30).await.unwrap();

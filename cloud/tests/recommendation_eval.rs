@@ -20,9 +20,10 @@ async fn recommender_beats_popularity_on_held_out_weeks() {
     let schools = edubrain_cloud::registry::load(&registry).unwrap();
     let first_day = NaiveDate::from_ymd_opt(2026, 9, 7).unwrap(); // a Monday
     let events = simulate(&province, &SimulationSpec { first_day, school_days: 30, heartbeat_minutes: 120, seed: 5 });
-    let stored = events.into_iter().map(|event| StoredEvent { received_time: event.header.event_time, event, clock_flag: None }).collect();
+    let stored: Vec<StoredEvent> =
+        events.into_iter().map(|event| StoredEvent { received_time: event.header.event_time, event, clock_flag: None }).collect();
     let root = dir.path().join("warehouse");
-    edubrain_cloud::sink::write_events(&root, "part-0.parquet", stored, local_offset()).unwrap();
+    edubrain_cloud::sink::write_events(&root, "part-0.parquet", &stored, local_offset()).unwrap();
     let w = Warehouse::open(&root, schools, 1 << 30).await.unwrap();
 
     let cutoff = first_day + chrono::Days::new(28); // weeks 5 and 6 are held out

@@ -41,9 +41,10 @@ async fn a_school_that_changes_alliance_counts_with_the_alliance_of_each_day() {
         &province,
         &SimulationSpec { first_day: NaiveDate::from_ymd_opt(2026, 8, 31).unwrap(), school_days: 2, heartbeat_minutes: 30, seed: 1 },
     );
-    let stored = events.into_iter().map(|event| StoredEvent { received_time: event.header.event_time, event, clock_flag: None }).collect();
+    let stored: Vec<StoredEvent> =
+        events.into_iter().map(|event| StoredEvent { received_time: event.header.event_time, event, clock_flag: None }).collect();
     let root = dir.path().join("warehouse");
-    edubrain_cloud::sink::write_events(&root, "part-0.parquet", stored, local_offset()).unwrap();
+    edubrain_cloud::sink::write_events(&root, "part-0.parquet", &stored, local_offset()).unwrap();
     let w = Warehouse::open(&root, registry, 1 << 30).await.unwrap();
 
     let rows = w

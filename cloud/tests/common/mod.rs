@@ -153,7 +153,7 @@ pub fn fixture() -> &'static Fixture {
         let stored: Vec<StoredEvent> =
             events.into_iter().map(|event| StoredEvent { received_time: event.header.event_time, event, clock_flag: None }).collect();
         let root = dir.path().join("warehouse");
-        edubrain_cloud::sink::write_events(&root, "part-0.parquet", stored, local_offset()).unwrap();
+        edubrain_cloud::sink::write_events(&root, "part-0.parquet", &stored, local_offset()).unwrap();
 
         let mut principals: Vec<(Role, String)> = vec![(Role::Province, "t-province".into())];
         for c in schools.iter().map(|s| s.city.clone()).collect::<BTreeSet<_>>() {
