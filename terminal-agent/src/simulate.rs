@@ -54,7 +54,9 @@ struct Sim<'a> {
     /// every other simulated event (and every evaluation run on them) stayed as it was.
     own_electives_rng: StdRng,
     events: Vec<Event>,
-    pool: Vec<Resource>,
+    /// Resources teachers can find, each with its owner school (looked up once, when it joins
+    /// the pool: a lookup per candidate per view was most of a large simulation's time).
+    pool: Vec<(Resource, Option<&'a SimSchool>)>,
 }
 
 impl Sim<'_> {
@@ -98,7 +100,7 @@ pub fn simulate(province: &Province, spec: &SimulationSpec) -> Vec<Event> {
         rng: StdRng::seed_from_u64(spec.seed ^ 0x5eed),
         own_electives_rng: StdRng::seed_from_u64(spec.seed ^ 0xe1ec),
         events: Vec::new(),
-        pool: province.resources.clone(),
+        pool: province.resources.iter().map(|r| (r.clone(), province.school(&r.owner_school))).collect(),
     };
     let mut day = spec.first_day;
     let mut done = 0;
@@ -383,7 +385,8 @@ fn resources(sim: &mut Sim<'_>, school: &SimSchool, day: NaiveDate) {
             }),
         );
         if passed {
-            sim.pool.push(r);
+            let owner = province.school(&r.owner_school);
+            sim.pool.push((r, owner));
         }
     }
     // Views: teachers look for material, preferring good resources near them.
@@ -419,12 +422,10 @@ fn resources(sim: &mut Sim<'_>, school: &SimSchool, day: NaiveDate) {
 }
 
 fn pick_resource(sim: &mut Sim<'_>, school: &SimSchool) -> Option<Resource> {
-    let province = sim.province;
     let weights: Vec<f64> = sim
         .pool
         .iter()
-        .map(|r| {
-            let owner = province.school(&r.owner_school);
+        .map(|(r, owner)| {
             let near = match owner {
                 Some(o) if o.id == school.id => 1.0,
                 Some(o) if o.zone == school.zone => 2.0,
@@ -440,13 +441,13 @@ fn pick_resource(sim: &mut Sim<'_>, school: &SimSchool) -> Option<Resource> {
         return None;
     }
     let mut x = sim.rng.random_range(0.0..total);
-    for (r, w) in sim.pool.iter().zip(&weights) {
+    for ((r, _), w) in sim.pool.iter().zip(&weights) {
         if x < *w {
             return Some(r.clone());
         }
         x -= w;
     }
-    sim.pool.last().cloned()
+    sim.pool.last().map(|(r, _)| r.clone())
 }
 
 /// Monday enrolments in the course supermarket (课程超市): every school's students enrol in its
