@@ -17,6 +17,7 @@ import pyarrow.dataset as ds
 warehouse, registry, queries_path, repeats = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 queries = json.load(open(queries_path))
 files = f"{warehouse}/events/*/*/*.parquet"
+presence = f"{warehouse}/presence/*/*/*.parquet"
 
 con = duckdb.connect()
 con.execute("SET threads TO 2")
@@ -25,6 +26,10 @@ con.execute("SET threads TO 2")
 con.execute(
     f"""CREATE VIEW events AS SELECT *, '0000-01-01' AS registry_from
         FROM read_parquet('{files}', hive_partitioning = true, hive_types_autocast = false)"""
+)
+con.execute(
+    f"""CREATE VIEW presence AS SELECT *, '0000-01-01' AS registry_from
+        FROM read_parquet('{presence}', hive_partitioning = true, hive_types_autocast = false)"""
 )
 con.execute(
     f"""CREATE TABLE schools AS SELECT *, CAST(NULL AS VARCHAR) AS school_year, '0000-01-01' AS registry_from

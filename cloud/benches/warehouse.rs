@@ -3,7 +3,8 @@
 //!
 //! 1. Ingest: the simulator's events are encoded as the JSON Kafka values the cloud consumes;
 //!    the timed part is what the cloud's ingest does with them: decode, Arrow batches per
-//!    (date, city), Parquet (zstd) written to a temporary name, fsynced and renamed. Reports
+//!    (date, city) and their presence rows, Parquet (zstd) written to a temporary name, fsynced
+//!    and renamed (two files per partition: events and presence). Reports
 //!    events/s of wall time and per CPU-second (the bench is one thread: per core). Baseline:
 //!    DuckDB (one thread) turns the first `EDUBRAIN_BENCH_INGEST_BASELINE_EVENTS` (default
 //!    1,000,000) of the same JSON values into Parquet (`benches/duckdb_ingest.py`); the ratio
@@ -17,8 +18,9 @@
 //! 3. The analytics suite (utilisation by every grouping, zone monitoring, the summary,
 //!    recommendations for every school, gaps and zone partitions from the registry), run
 //!    `REPEATS` times; the SQL of one run is replayed by `benches/duckdb_suite.py` with DuckDB
-//!    (2 threads, as DataFusion has here), which also checks every query's row count against
-//!    DataFusion's and reads the files with pyarrow. The ratio is DataFusion time / DuckDB time.
+//!    (2 threads, as DataFusion has here, over the same `events` and `presence` files), which
+//!    also checks every query's row count against DataFusion's and reads the files with
+//!    pyarrow. The ratio is DataFusion time / DuckDB time.
 //!    Before the suite the files are compacted as the cloud's maintenance does
 //!    (`EDUBRAIN_BENCH_COMPACT=0` skips it).
 //!

@@ -5,10 +5,11 @@
 //! - An alliance sees its own schools.
 //!
 //! Enforcement is in one place: [`crate::warehouse::Warehouse::scoped`] builds, per role, a
-//! DataFusion session whose `events`, `schools` and `school_dim` tables are views already
-//! filtered to the role's schools, and whose registry holds only those schools. Every endpoint
-//! (the analytics and the SQL endpoint alike) runs on that session, so no query text, filter
-//! string or SQL a caller writes can reach a foreign row: the unfiltered tables are not in it.
+//! DataFusion session whose `events`, `presence`, `schools` and `school_dim` tables are views
+//! already filtered to the role's schools, and whose registry holds only those schools. Every
+//! endpoint (the analytics and the SQL endpoint alike) runs on that session, so no query text,
+//! filter string or SQL a caller writes can reach a foreign row: the unfiltered tables are not
+//! in it.
 //!
 //! Tokens are never stored: the config holds the SHA-256 of each token (hex), which
 //! `edubrain-cloud token` prints together with a fresh random token.

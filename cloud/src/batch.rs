@@ -1,19 +1,20 @@
 //! Events to Arrow: the pure part of ingest. One [`RecordBatch`] per (local date, city)
-//! partition, in the column order of [`event_file_schema`].
+//! partition, in the column order of [`event_file_schema`], and beside it the partition's
+//! classroom presence ([`presence_file_schema`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
 use datafusion::arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, ListBuilder, StringBuilder, TimestampMillisecondBuilder, UInt8Builder, UInt32Builder,
-    UInt64Builder,
+    ArrayRef, AsArray, BooleanBuilder, Float64Builder, ListBuilder, StringBuilder, TimestampMillisecondBuilder, UInt8Builder,
+    UInt32Builder, UInt64Builder,
 };
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 use edubrain_schemas::validate::ClockFlag;
-use edubrain_schemas::warehouse::event_file_schema;
-use edubrain_schemas::{Event, EventBody};
+use edubrain_schemas::warehouse::{event_file_schema, presence_file_schema};
+use edubrain_schemas::{Event, EventBody, EventType};
 
 /// An event as the warehouse stores it: what the terminal said plus when the edge got it.
 #[derive(Debug, Clone, PartialEq)]
@@ -394,6 +395,41 @@ pub fn build_batch<'a>(events: impl IntoIterator<Item = &'a StoredEvent>) -> Res
     RecordBatch::try_new(event_file_schema(), columns)
 }
 
+/// The presence rows of some events: each (school, classroom) that sent a heartbeat, once,
+/// sorted.
+pub fn build_presence<'a>(events: impl IntoIterator<Item = &'a StoredEvent>) -> Result<RecordBatch, ArrowError> {
+    let rooms = events
+        .into_iter()
+        .filter(|s| matches!(s.event.body, EventBody::DeviceHeartbeat(_)))
+        .map(|s| (s.event.header.school.as_str(), s.event.header.classroom.as_str()))
+        .collect();
+    presence_batch(rooms)
+}
+
+/// The presence rows of a batch of the events file schema (a file written before presence was,
+/// or one compaction merged): the same rows [`build_presence`] gives for its events.
+pub fn presence_of_events_batch(events: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+    let column = |name: &str| {
+        events
+            .column_by_name(name)
+            .and_then(|c| c.as_string_opt::<i32>())
+            .ok_or_else(|| ArrowError::SchemaError(format!("an events batch without a string column {name:?}")))
+    };
+    let (types, schools, rooms) = (column("event_type")?, column("school")?, column("classroom")?);
+    let heartbeat = EventType::DeviceHeartbeat.as_str();
+    let rooms = (0..events.num_rows()).filter(|&i| types.value(i) == heartbeat).map(|i| (schools.value(i), rooms.value(i))).collect();
+    presence_batch(rooms)
+}
+
+fn presence_batch(rooms: BTreeSet<(&str, &str)>) -> Result<RecordBatch, ArrowError> {
+    let (mut school, mut classroom) = (StringBuilder::new(), StringBuilder::new());
+    for (s, c) in rooms {
+        school.append_value(s);
+        classroom.append_value(c);
+    }
+    RecordBatch::try_new(presence_file_schema(), vec![Arc::new(school.finish()), Arc::new(classroom.finish())])
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -419,6 +455,47 @@ pub(crate) mod tests {
             received_time: received,
             clock_flag,
         }
+    }
+
+    fn heartbeat(id: u128, school: &str, classroom: &str) -> StoredEvent {
+        use edubrain_schemas::event::{DeviceHeartbeat, DeviceKind};
+        let mut s =
+            stored(id, Utc.with_ymd_and_hms(2026, 11, 23, 1, 0, 0).unwrap(), Utc.with_ymd_and_hms(2026, 11, 23, 1, 0, 1).unwrap(), None);
+        s.event.header.school = school.into();
+        s.event.header.classroom = classroom.into();
+        s.event.body =
+            EventBody::DeviceHeartbeat(DeviceHeartbeat { device_id: "d1".into(), device_kind: DeviceKind::ClassroomTerminal, uptime_s: 1 });
+        s
+    }
+
+    fn rows(batch: &RecordBatch) -> Vec<(String, String)> {
+        let (s, c) = (batch.column(0).as_string::<i32>(), batch.column(1).as_string::<i32>());
+        (0..batch.num_rows()).map(|i| (s.value(i).to_string(), c.value(i).to_string())).collect()
+    }
+
+    #[test]
+    fn presence_is_each_room_with_a_heartbeat_once_from_events_or_from_their_file() {
+        let mut quiet =
+            stored(9, Utc.with_ymd_and_hms(2026, 11, 23, 2, 0, 0).unwrap(), Utc.with_ymd_and_hms(2026, 11, 23, 2, 0, 0).unwrap(), None);
+        quiet.event.header.classroom = "r9".into(); // sends bandwidth samples, never a heartbeat
+        let events = vec![
+            heartbeat(1, "s2", "s2-r1"),
+            heartbeat(2, "s1", "s1-r2"),
+            quiet,
+            heartbeat(3, "s2", "s2-r1"),
+            heartbeat(4, "s1", "s1-r1"),
+            heartbeat(5, "s1", "s1-r2"),
+        ];
+        let want: Vec<(String, String)> =
+            [("s1", "s1-r1"), ("s1", "s1-r2"), ("s2", "s2-r1")].iter().map(|(s, c)| (s.to_string(), c.to_string())).collect();
+        let presence = build_presence(&events).unwrap();
+        assert_eq!(presence.schema(), presence_file_schema());
+        assert_eq!(rows(&presence), want);
+        assert_eq!(rows(&presence_of_events_batch(&build_batch(&events).unwrap()).unwrap()), want, "the same rows from the events' file");
+        assert_eq!(build_presence(&events[2..3]).unwrap().num_rows(), 0, "no heartbeat, no presence");
+        let wrong = RecordBatch::try_new(presence_file_schema(), presence.columns().to_vec()).unwrap();
+        let err = presence_of_events_batch(&wrong).unwrap_err().to_string();
+        assert!(err.contains("event_type"), "{err}");
     }
 
     #[test]

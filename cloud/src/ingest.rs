@@ -164,12 +164,20 @@ pub async fn run(
                 if r.skipped_for_backfill {
                     tracing::info!("warehouse maintenance skipped: a backfill is writing");
                 }
-                if r.partitions_compacted + r.partitions_expired + r.temp_files_removed > 0 {
+                if r.partitions_compacted
+                    + r.partitions_expired
+                    + r.temp_files_removed
+                    + r.presence_files_written
+                    + r.presence_files_removed
+                    > 0
+                {
                     tracing::info!(
                         compacted = r.partitions_compacted,
                         merged = r.files_merged,
                         expired = r.partitions_expired,
                         half_written_removed = r.temp_files_removed,
+                        presence_written = r.presence_files_written,
+                        presence_removed = r.presence_files_removed,
                         "warehouse maintenance"
                     );
                 }

@@ -7,7 +7,7 @@
 //! - [`maintenance`]: small-file compaction and retention, swapped in atomically.
 //! - [`backfill`]: a time range read again from Kafka or exported files, adding what is missing.
 //! - [`registry`]: the school registry from CSV or Parquet; the `schools` table.
-//! - [`warehouse`]: the DataFusion session over `events`, `schools`, `school_dim`.
+//! - [`warehouse`]: the DataFusion session over `events`, `presence`, `schools`, `school_dim`.
 //! - [`analytics`]: utilisation, gap analysis, recommendations, zone monitoring.
 //! - [`access`]: bearer-token principals and roles (province, city, alliance).
 //! - [`audit`]: the audit log of API requests, SQL queries and refusals (JSON lines, fsynced).

@@ -13,25 +13,34 @@
 //! are removed later (after [`GRACE`], so queries that listed the old files can finish reading
 //! them). Retention moves a whole `date=` directory into `maintenance/` the same way.
 //!
+//! The `presence` table holds one small file per events file, of the same name (see
+//! `sink::write_events`). A run ends by making the two match again: a merged events file gets
+//! its presence file, and the presence files of the files it replaced leave for `maintenance/`
+//! (only once every events file of their partition has its own, so no room-day goes missing in
+//! between). The same step writes presence for a warehouse from before the table existed.
+//!
 //! Ingest runs maintenance itself, between flushes and only when every offset is committed: no
 //! file is written during a swap, and no replay after a crash can rewrite a file that was
 //! already merged. The one other writer, a backfill (`crate::backfill`, possibly another
 //! process), holds the [`WriterLock`] while it writes; maintenance skips its run while the lock
 //! is held, so a swap can never carry a backfilled file away.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use chrono::NaiveDate;
 use datafusion::arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
-use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::record_batch::{RecordBatch, RecordBatchReader};
+use datafusion::parquet::arrow::ProjectionMask;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rustix::fs::{CWD, RenameFlags, renameat_with};
 use serde::{Deserialize, Serialize};
 
 use crate::CloudError;
+use crate::batch::presence_of_events_batch;
 use crate::ingest::fnv1a;
-use crate::sink::write_parquet_atomic;
+use crate::sink::{EVENTS, PRESENCE, write_parquet_atomic};
 
 /// How long replaced files stay (invisibly) on disk for queries that listed them.
 pub const GRACE: Duration = Duration::from_secs(300);
@@ -68,6 +77,11 @@ pub struct Report {
     pub leftovers_removed: u64,
     /// Half-written files (`.<name>.tmp`) a writer killed before its rename left behind.
     pub temp_files_removed: u64,
+    /// Presence files written for events files that had none (a merged file, or one written
+    /// before the presence table existed).
+    pub presence_files_written: u64,
+    /// Presence files whose events file is gone (merged, or never renamed into place).
+    pub presence_files_removed: u64,
     /// Nothing was done: a backfill holds the writer lock.
     pub skipped_for_backfill: bool,
 }
@@ -191,7 +205,7 @@ pub fn remove_temp_files(root: &Path) -> Result<u64, CloudError> {
         Ok(())
     }
     let mut removed = 0;
-    for tree in ["events", "quarantine"] {
+    for tree in [EVENTS, PRESENCE, "quarantine"] {
         walk(&root.join(tree), &mut removed)?;
     }
     Ok(removed)
@@ -263,31 +277,120 @@ fn compact_partition(root: &Path, partition: &Path, cfg: &MaintenanceConfig, bud
     Ok(merged.len() as u64)
 }
 
-/// Moves `events/date=D` directories older than the retention out of the table.
+/// Moves `events/date=D` and `presence/date=D` directories older than the retention out of
+/// the tables.
 fn expire(root: &Path, today: NaiveDate, days: u32) -> Result<u64, CloudError> {
     if days == 0 {
         return Ok(0);
     }
     let oldest_kept = today - chrono::Days::new(days as u64);
     let mut expired = 0;
-    for dir in subdirs(&root.join("events"))? {
-        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let Some(date) = name.strip_prefix("date=").and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()) else { continue };
-        if date < oldest_kept {
-            let to = work_dir(root, &format!("expired-{name}"))?;
-            exchange(&dir, &to)?; // the empty directory takes the partition's place …
-            std::fs::remove_dir(&dir).map_err(io(&dir))?; // … and goes
-            expired += 1;
+    // Presence first: a crash between the two leaves events whose presence maintenance
+    // writes again (and the next run expires), never presence without its events.
+    for tree in [PRESENCE, EVENTS] {
+        let table = root.join(tree);
+        let mut moved = 0;
+        for dir in subdirs(&table)? {
+            let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let Some(date) = name.strip_prefix("date=").and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()) else { continue };
+            if date < oldest_kept {
+                let to = work_dir(root, &format!("expired-{tree}-{name}"))?;
+                exchange(&dir, &to)?; // the empty directory takes the partition's place …
+                std::fs::remove_dir(&dir).map_err(io(&dir))?; // … and goes
+                moved += 1;
+            }
         }
-    }
-    if expired > 0 {
-        sync_dir(&root.join("events"))?;
+        if moved > 0 {
+            sync_dir(&table)?;
+        }
+        if tree == EVENTS {
+            expired = moved;
+        }
     }
     Ok(expired)
 }
 
+/// The Parquet files directly in `dir`, by name, without temporary ones; none if `dir` does not
+/// exist.
+fn parquet_names(dir: &Path) -> Result<BTreeSet<String>, CloudError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
+        Err(e) => return Err(io(dir)(e)),
+    };
+    let mut names = BTreeSet::new();
+    for entry in entries {
+        let name = entry.map_err(io(dir))?.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".parquet") && !name.starts_with('.') {
+            names.insert(name);
+        }
+    }
+    Ok(names)
+}
+
+/// Reads `columns` of a Parquet file of the events table into one batch.
+fn read_columns(path: &Path, columns: &[&str]) -> Result<RecordBatch, CloudError> {
+    let err = |message: String| CloudError::Parquet { path: path.display().to_string(), message };
+    let file = std::fs::File::open(path).map_err(io(path))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| err(e.to_string()))?;
+    let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
+    let reader = builder.with_projection(mask).build().map_err(|e| err(e.to_string()))?;
+    let schema = reader.schema();
+    let batches = reader.collect::<Result<Vec<_>, _>>().map_err(|e| err(e.to_string()))?;
+    Ok(concat_batches(&schema, &batches)?)
+}
+
+/// Makes every partition's presence files match its events files, one for one by name (see
+/// `sink::write_events`): writes the presence of each events file that has none (a file
+/// compaction merged, or one from before the presence table) and moves out each presence file
+/// whose events file is gone (merged away, expired, or never renamed into place because its
+/// writer crashed in between). Returns (written, removed).
+fn reconcile_presence(root: &Path) -> Result<(u64, u64), CloudError> {
+    let (events, presence) = (root.join(EVENTS), root.join(PRESENCE));
+    let mut partitions = BTreeSet::new();
+    for table in [&events, &presence] {
+        for date_dir in subdirs(table)? {
+            for partition in subdirs(&date_dir)? {
+                partitions.insert(partition.strip_prefix(table).expect("listed under its table").to_path_buf());
+            }
+        }
+    }
+    let (mut written, mut removed) = (0, 0);
+    let mut retired: Option<PathBuf> = None;
+    for partition in partitions {
+        let (events_dir, presence_dir) = (events.join(&partition), presence.join(&partition));
+        let (have_events, have_presence) = (parquet_names(&events_dir)?, parquet_names(&presence_dir)?);
+        for name in have_events.difference(&have_presence) {
+            let rooms = read_columns(&events_dir.join(name), &["event_type", "school", "classroom"])?;
+            write_parquet_atomic(&presence_dir, name, &presence_of_events_batch(&rooms)?)?;
+            written += 1;
+        }
+        let orphans: Vec<&String> = have_presence.difference(&have_events).collect();
+        if orphans.is_empty() {
+            continue;
+        }
+        // Every events file here now has its presence file (a failure above returned), so the
+        // orphans' rows are all in those too.
+        // Out of the table as compaction's replaced files go: into `maintenance/`, removed
+        // after the grace period, so a query that listed them can still read them.
+        let retired = match &retired {
+            Some(dir) => dir.clone(),
+            None => retired.insert(work_dir(root, "presence-orphans")?).clone(),
+        };
+        let to = retired.join(&partition);
+        std::fs::create_dir_all(&to).map_err(io(&to))?;
+        for name in orphans {
+            std::fs::rename(presence_dir.join(name), to.join(name)).map_err(io(&presence_dir))?;
+            removed += 1;
+        }
+        sync_dir(&presence_dir)?;
+    }
+    Ok((written, removed))
+}
+
 /// One maintenance run over the warehouse at `root`: leftovers older than `grace`, retention
-/// relative to `today` (local), then compaction of every partition that needs it.
+/// relative to `today` (local), compaction of every partition that needs it, then the presence
+/// table made to match the events files again.
 pub fn run(root: &Path, cfg: &MaintenanceConfig, today: NaiveDate, grace: Duration) -> Result<Report, CloudError> {
     let Some(_lock) = WriterLock::try_acquire(root)? else {
         return Ok(Report { skipped_for_backfill: true, ..Report::default() });
@@ -296,7 +399,7 @@ pub fn run(root: &Path, cfg: &MaintenanceConfig, today: NaiveDate, grace: Durati
         Report { leftovers_removed: remove_leftovers(root, grace)?, temp_files_removed: remove_temp_files(root)?, ..Report::default() };
     report.partitions_expired = expire(root, today, cfg.retention_days)?;
     let mut budget = cfg.max_merge_bytes;
-    for date_dir in subdirs(&root.join("events"))? {
+    for date_dir in subdirs(&root.join(EVENTS))? {
         for partition in subdirs(&date_dir)? {
             let merged = compact_partition(root, &partition, cfg, &mut budget)?;
             if merged > 0 {
@@ -305,6 +408,7 @@ pub fn run(root: &Path, cfg: &MaintenanceConfig, today: NaiveDate, grace: Durati
             }
         }
     }
+    (report.presence_files_written, report.presence_files_removed) = reconcile_presence(root)?;
     Ok(report)
 }
 
@@ -331,9 +435,10 @@ mod tests {
         let quarantine = dir.path().join("quarantine");
         std::fs::create_dir_all(&partition).unwrap();
         std::fs::create_dir_all(&quarantine).unwrap();
-        for file in [partition.join(".part-1.parquet.tmp"), partition.join("part-2.parquet"), quarantine.join(".q-1.parquet.tmp")] {
+        for file in [partition.join(".part-1.parquet.tmp"), quarantine.join(".q-1.parquet.tmp")] {
             std::fs::write(file, b"x").unwrap();
         }
+        crate::sink::write_events(dir.path(), "part-2.parquet", &[event(2, 16, "c01")], offset()).unwrap();
         std::fs::write(dir.path().join(".not-a-tree.tmp"), b"x").unwrap();
         let today = NaiveDate::from_ymd_opt(2026, 11, 27).unwrap();
         let report = run(dir.path(), &MaintenanceConfig::default(), today, GRACE).unwrap();
@@ -380,6 +485,33 @@ mod tests {
             .unwrap_or(0)
     }
 
+    /// Every events file has a presence file of the same name and no presence file is without
+    /// one, and the presence table holds exactly the room-days of the heartbeats.
+    async fn presence_matches_events(w: &Warehouse, root: &Path) {
+        let names = |table: &str| {
+            let mut all = Vec::new();
+            for date_dir in subdirs(&root.join(table)).unwrap() {
+                for partition in subdirs(&date_dir).unwrap() {
+                    let rel = partition.strip_prefix(root.join(table)).unwrap().to_path_buf();
+                    all.extend(parquet_names(&partition).unwrap().into_iter().map(|n| rel.join(n)));
+                }
+            }
+            all
+        };
+        assert_eq!(names(PRESENCE), names(EVENTS));
+        let room_days = |sql: &'static str| async move {
+            let rows = w.query_json(sql).await.unwrap();
+            rows.iter().map(|r| format!("{}/{}/{}/{}", r["date"], r["city"], r["school"], r["classroom"])).collect::<Vec<_>>()
+        };
+        let from_presence = room_days("SELECT DISTINCT date, city, school, classroom FROM presence ORDER BY 1, 2, 3, 4").await;
+        let from_events = room_days(
+            "SELECT DISTINCT date, city, school, classroom FROM events WHERE event_type = 'device_heartbeat' ORDER BY 1, 2, 3, 4",
+        )
+        .await;
+        assert!(!from_events.is_empty());
+        assert_eq!(from_presence, from_events);
+    }
+
     #[tokio::test]
     async fn compaction_merges_small_files_and_every_event_stays_exactly_once() {
         let dir = tempfile::tempdir().unwrap();
@@ -399,7 +531,10 @@ mod tests {
         assert_eq!(parquet_files(&partition), 1);
         // The replaced files wait, invisible, in maintenance/: queries see each event once.
         assert_eq!(ids(&w).await, (500, 500));
-        assert_eq!(subdirs(&root.join("maintenance")).unwrap().len(), 2);
+        // The merged files got presence files; the replaced files' presence went the same way.
+        assert_eq!((report.presence_files_written, report.presence_files_removed), (2, 20));
+        presence_matches_events(&w, root).await;
+        assert_eq!(subdirs(&root.join("maintenance")).unwrap().len(), 3);
         // Sorted by type, school and time inside the merged file.
         let schools = w.query_json("SELECT school FROM events WHERE city = 'c01'").await.unwrap();
         let schools: Vec<&str> = schools.iter().map(|r| r["school"].as_str().unwrap()).collect();
@@ -414,8 +549,9 @@ mod tests {
         let cfg = MaintenanceConfig { small_file_bytes: 16 << 20, ..cfg };
         assert_eq!(run(root, &cfg, NaiveDate::from_ymd_opt(2026, 11, 27).unwrap(), Duration::ZERO).unwrap().files_merged, 6);
         assert_eq!(ids(&w).await, (505, 505));
-        // A zero grace removed the earlier leftovers.
-        assert_eq!(subdirs(&root.join("maintenance")).unwrap().len(), 1);
+        presence_matches_events(&w, root).await;
+        // A zero grace removed the earlier leftovers: this run's two are left.
+        assert_eq!(subdirs(&root.join("maintenance")).unwrap().len(), 2);
     }
 
     #[tokio::test]
@@ -438,6 +574,30 @@ mod tests {
         assert!(second.files_merged >= 2, "{second:?}");
         let w = Warehouse::open(root, Vec::new(), 1 << 28).await.unwrap();
         assert_eq!(ids(&w).await, (240, 240));
+        presence_matches_events(&w, root).await;
+    }
+
+    #[tokio::test]
+    async fn presence_is_rebuilt_for_files_without_it_and_orphans_leave() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for (flush, day) in [(0u128, 20), (1, 23), (2, 23)] {
+            let events: Vec<_> = (0..30).map(|i| event(flush * 1000 + i, day, if i % 2 == 0 { "c01" } else { "c02" })).collect();
+            crate::sink::write_events(root, &format!("part-{flush:04}.parquet"), &events, offset()).unwrap();
+        }
+        // A warehouse from before the presence table: none of it. And a presence file whose
+        // writer died before it renamed the events file into place.
+        std::fs::remove_dir_all(root.join(PRESENCE)).unwrap();
+        let stray = root.join("presence/date=2026-11-23/city=c01");
+        std::fs::create_dir_all(&stray).unwrap();
+        write_parquet_atomic(&stray, "part-0009.parquet", &crate::batch::build_presence(&[event(9, 23, "c01")]).unwrap()).unwrap();
+
+        let report = run(root, &MaintenanceConfig::default(), NaiveDate::from_ymd_opt(2026, 11, 27).unwrap(), GRACE).unwrap();
+        assert_eq!((report.presence_files_written, report.presence_files_removed), (6, 1), "{report:?}");
+        let w = Warehouse::open(root, Vec::new(), 1 << 28).await.unwrap();
+        presence_matches_events(&w, root).await;
+        let again = run(root, &MaintenanceConfig::default(), NaiveDate::from_ymd_opt(2026, 11, 27).unwrap(), GRACE).unwrap();
+        assert_eq!((again.presence_files_written, again.presence_files_removed), (0, 0), "{again:?}");
     }
 
     #[tokio::test]
@@ -467,6 +627,7 @@ mod tests {
         assert_eq!(report.partitions_expired, 2); // 1 and 10 November; 17 November is the oldest kept
         let days = w.query_json("SELECT DISTINCT date FROM events ORDER BY date").await.unwrap();
         assert_eq!(days.iter().map(|r| r["date"].as_str().unwrap()).collect::<Vec<_>>(), ["2026-11-20", "2026-11-23"]);
+        presence_matches_events(&w, root).await;
         let keep_all = MaintenanceConfig { retention_days: 0, ..MaintenanceConfig::default() };
         assert_eq!(run(root, &keep_all, NaiveDate::from_ymd_opt(2030, 1, 1).unwrap(), GRACE).unwrap().partitions_expired, 0);
     }

@@ -11,6 +11,11 @@ use datafusion::parquet::file::properties::WriterProperties;
 
 use crate::CloudError;
 
+/// The events table's directory under a warehouse root.
+pub const EVENTS: &str = "events";
+/// The presence table's directory: per events file, the rooms with a heartbeat in it.
+pub const PRESENCE: &str = "presence";
+
 fn io(path: &Path) -> impl Fn(std::io::Error) -> CloudError + '_ {
     move |e| CloudError::Io { path: path.display().to_string(), source: e }
 }
@@ -39,8 +44,15 @@ pub fn write_parquet_atomic(dir: &Path, name: &str, batch: &RecordBatch) -> Resu
 }
 
 /// Writes `events` into the warehouse at `root` as `events/date=…/city=…/{name}`, one file per
-/// partition, each atomically; returns (files, bytes). Ingest names files after the Kafka
-/// offsets they hold, so a re-read after a crash overwrites rather than duplicates.
+/// partition, each atomically, and each partition's presence rows as `presence/…/{name}`;
+/// returns (events files, bytes of both). Ingest names files after the Kafka offsets they
+/// hold, so a re-read after a crash overwrites rather than duplicates.
+///
+/// A partition's presence file is written before its events file: after a crash between the
+/// two, presence names a room-day whose events the replay is about to write, rather than
+/// events being visible without the days they were on. Maintenance writes a presence file for
+/// an events file without one and removes one whose events file is gone
+/// (`maintenance::reconcile_presence`).
 pub fn write_events(
     root: &Path,
     name: &str,
@@ -49,10 +61,12 @@ pub fn write_events(
 ) -> Result<(u64, u64), CloudError> {
     let (mut files, mut bytes) = (0, 0);
     for (key, part) in crate::batch::partition(events, offset) {
+        let presence = crate::batch::build_presence(part.iter().copied())?;
+        let (_, presence_size) = write_parquet_atomic(&root.join(PRESENCE).join(key.dir()), name, &presence)?;
         let batch = crate::batch::build_batch(part)?;
-        let (_, size) = write_parquet_atomic(&root.join("events").join(key.dir()), name, &batch)?;
+        let (_, size) = write_parquet_atomic(&root.join(EVENTS).join(key.dir()), name, &batch)?;
         files += 1;
-        bytes += size;
+        bytes += size + presence_size;
     }
     Ok((files, bytes))
 }

@@ -2,6 +2,9 @@
 //! - `events`: the hive-partitioned Parquet files (`date`, `city` partition columns), re-listed
 //!   on every query so new files are visible as soon as they are renamed into place, plus
 //!   `registry_from`: the start of the registry version its date falls in;
+//! - `presence`: the same partitions' classroom-days (the rooms with a heartbeat, per events
+//!   file; see [`crate::sink::write_events`]), which utilisation reads instead of scanning
+//!   every heartbeat, with its `registry_from` too;
 //! - `schools`: the registry, one row per school, level and version (`school_year`,
 //!   `registry_from`);
 //! - `school_dim`: one row per school and version (a through-school's levels folded together).
@@ -9,7 +12,7 @@
 //! Joins of events to the registry match `school` and `registry_from`, so each event meets the
 //! registry of its own school year.
 //!
-//! [`Warehouse::scoped`] gives a role its own session over the same files, in which those three
+//! [`Warehouse::scoped`] gives a role its own session over the same files, in which these four
 //! tables are views filtered to the role's schools (see [`crate::access`]). Every session runs
 //! with a memory limit, so one query cannot take the process down.
 
@@ -22,9 +25,9 @@ use datafusion::common::Column;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::dataframe::DataFrame;
-use datafusion::datasource::MemTable;
 use datafusion::datasource::file_format::parquet::{ParquetFormat, transform_schema_to_view};
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::datasource::{MemTable, TableProvider};
 use datafusion::error::DataFusionError;
 use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::context::SQLOptions;
@@ -36,9 +39,10 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use edubrain_schemas::School;
-use edubrain_schemas::warehouse::event_file_schema;
+use edubrain_schemas::warehouse::{event_file_schema, presence_file_schema};
 
 use crate::registry::Registry;
+use crate::sink::{EVENTS, PRESENCE};
 
 use crate::CloudError;
 use crate::access::Role;
@@ -82,14 +86,14 @@ impl StreamLeases {
 /// benchmark replays them in DuckDB and compares the row counts and times).
 pub type QueryLog = Arc<std::sync::Mutex<Vec<(String, usize, f64)>>>;
 
-/// The events table's schema as DataFusion reads the files: [`event_file_schema`] with its
+/// A table's schema as DataFusion reads its files (here [`event_file_schema`]'s) with its
 /// strings as `Utf8View` (DataFusion's own `transform_schema_to_view`, what it reads Parquet
 /// strings as when it infers the schema), which Parquet decodes without copying each value and
 /// which hashes and compares faster. The analytics suite took 8% less time with it
 /// (`cloud/benches/warehouse.rs`, 1M events: 1.81 s to 1.66 s; 100M: 3.13x DuckDB's time to
 /// 2.48x). The files keep `Utf8`, which every reader (DuckDB, pyarrow) takes.
-fn read_schema() -> SchemaRef {
-    Arc::new(transform_schema_to_view(&event_file_schema()))
+fn read_schema(file_schema: &Schema) -> SchemaRef {
+    Arc::new(transform_schema_to_view(file_schema))
 }
 
 /// `schema` as callers see it: the `Utf8View` strings of [`read_schema`] as `Utf8`, the type
@@ -190,6 +194,23 @@ impl PhysicalOptimizerRule for YieldEverywhere {
     }
 }
 
+/// A view over the Parquet files under `dir` (created if missing), hive-partitioned by `date`
+/// and `city`, re-listed on every query, with the `registry_from` of each row's date.
+fn hive_table(ctx: &SessionContext, dir: &Path, file_schema: SchemaRef, registry: &Registry) -> Result<Arc<dyn TableProvider>, CloudError> {
+    std::fs::create_dir_all(dir).map_err(|e| CloudError::Io { path: dir.display().to_string(), source: e })?;
+    let dir = std::fs::canonicalize(dir).map_err(|e| CloudError::Io { path: dir.display().to_string(), source: e })?;
+    let url = ListingTableUrl::parse(format!("{}/", dir.display()))?;
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+        .with_file_extension(".parquet")
+        .with_table_partition_cols(vec![("date".into(), DataType::Utf8), ("city".into(), DataType::Utf8)]);
+    let config = ListingTableConfig::new(url).with_listing_options(options).with_schema(read_schema(&file_schema));
+    // A table built by hand has no statistics cache unless given the session's: without it
+    // planning a query read every file's statistics again (~70% of planning at 10M events).
+    let statistics_cache = ctx.runtime_env().cache_manager.get_file_statistic_cache();
+    let files = ctx.read_table(Arc::new(ListingTable::try_new(config)?.with_cache(statistics_cache)))?;
+    Ok(files.with_column("registry_from", registry.registry_from_expr())?.into_view())
+}
+
 /// Registers `schools` and the `school_dim` view over it.
 async fn register_registry(ctx: &SessionContext, registry: &Registry) -> Result<(), CloudError> {
     let batch = registry.to_batch();
@@ -219,21 +240,11 @@ impl Warehouse {
     pub async fn open_with_limits(root: &Path, registry: impl Into<Registry>, limits: &QueryLimits) -> Result<Self, CloudError> {
         let memory_limit_bytes = limits.memory_limit_bytes;
         let registry = registry.into();
-        let events_dir = root.join("events");
-        std::fs::create_dir_all(&events_dir).map_err(|e| CloudError::Io { path: events_dir.display().to_string(), source: e })?;
-        let events_dir =
-            std::fs::canonicalize(&events_dir).map_err(|e| CloudError::Io { path: events_dir.display().to_string(), source: e })?;
         let ctx = session(memory_limit_bytes, FileCaches::New(limits).config())?;
-        let url = ListingTableUrl::parse(format!("{}/", events_dir.display()))?;
-        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-            .with_file_extension(".parquet")
-            .with_table_partition_cols(vec![("date".into(), DataType::Utf8), ("city".into(), DataType::Utf8)]);
-        let config = ListingTableConfig::new(url).with_listing_options(options).with_schema(read_schema());
-        // A table built by hand has no statistics cache unless given the session's: without it
-        // planning a query read every file's statistics again (~70% of planning at 10M events).
-        let statistics_cache = ctx.runtime_env().cache_manager.get_file_statistic_cache();
-        let files = ctx.read_table(Arc::new(ListingTable::try_new(config)?.with_cache(statistics_cache)))?;
-        ctx.register_table("events", files.with_column("registry_from", registry.registry_from_expr())?.into_view())?;
+        let events = hive_table(&ctx, &root.join(EVENTS), event_file_schema(), &registry)?;
+        ctx.register_table("events", events)?;
+        let presence = hive_table(&ctx, &root.join(PRESENCE), presence_file_schema(), &registry)?;
+        ctx.register_table("presence", presence)?;
         register_registry(&ctx, &registry).await?;
         Ok(Self {
             ctx,
@@ -247,8 +258,8 @@ impl Warehouse {
     }
 
     /// The warehouse as `role` sees it: a new session over the same files whose `events`,
-    /// `schools` and `school_dim` hold only the role's schools. The unfiltered tables are not
-    /// registered in it, so no SQL run there can reach them.
+    /// `presence`, `schools` and `school_dim` hold only the role's schools. The unfiltered tables
+    /// are not registered in it, so no SQL run there can reach them.
     pub async fn scoped(&self, role: &Role) -> Result<Self, CloudError> {
         if *role == Role::Province {
             return Ok(self.clone());
@@ -271,7 +282,9 @@ impl Warehouse {
             _ => visible,
         };
         let ctx = session(self.memory_limit_bytes, FileCaches::SharedWith(&self.ctx).config())?;
-        ctx.register_table("events", self.ctx.table("events").await?.filter(predicate)?.into_view())?;
+        for table in ["events", "presence"] {
+            ctx.register_table(table, self.ctx.table(table).await?.filter(predicate.clone())?.into_view())?;
+        }
         register_registry(&ctx, &registry).await?;
         Ok(Self {
             ctx,
@@ -294,7 +307,7 @@ impl Warehouse {
     }
 
     pub fn events_dir(&self) -> PathBuf {
-        self.root.join("events")
+        self.root.join(EVENTS)
     }
 
     /// The newest registry version's schools (as this warehouse's role sees them).

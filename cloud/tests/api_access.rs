@@ -96,6 +96,7 @@ const SQL: &[&str] = &[
     "SELECT e.school FROM events e JOIN school_dim s ON e.school = s.school_id WHERE s.city <> 'c01'",
     "SELECT school FROM events WHERE school NOT IN (SELECT school_id FROM school_dim) OR 1 = 1 LIMIT 50",
     "SELECT school FROM events UNION SELECT owner_school AS school FROM events WHERE false",
+    "SELECT school, classroom, date FROM presence",
 ];
 
 fn any_role() -> impl Strategy<Value = Role> {

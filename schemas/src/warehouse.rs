@@ -75,6 +75,15 @@ pub fn event_file_schema() -> SchemaRef {
     ]))
 }
 
+/// The schema of the `presence` Parquet files (hive-partitioned like `events`): the classrooms
+/// whose terminal sent a heartbeat that day, one row per (school, classroom) per events file
+/// of the same name. It is `SELECT DISTINCT school, classroom` of that file's heartbeats, kept
+/// beside it because utilisation's timetable (the days a room was on) would otherwise scan
+/// every heartbeat, most of the events table.
+pub fn presence_file_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new("school", DataType::Utf8, false), Field::new("classroom", DataType::Utf8, false)]))
+}
+
 /// The schema of the `schools` registry table.
 pub fn registry_schema() -> SchemaRef {
     use DataType::*;
