@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 use crate::CloudError;
 use crate::batch::presence_of_events_batch;
 use crate::ingest::fnv1a;
-use crate::sink::{EVENTS, PRESENCE, write_parquet_atomic};
+use crate::sink::{EVENTS, PRESENCE, write_parquet_atomic, write_presence_atomic};
 
 /// How long replaced files stay (invisibly) on disk for queries that listed them.
 pub const GRACE: Duration = Duration::from_secs(300);
@@ -362,7 +362,7 @@ fn reconcile_presence(root: &Path) -> Result<(u64, u64), CloudError> {
         let (have_events, have_presence) = (parquet_names(&events_dir)?, parquet_names(&presence_dir)?);
         for name in have_events.difference(&have_presence) {
             let rooms = read_columns(&events_dir.join(name), &["event_type", "school", "classroom"])?;
-            write_parquet_atomic(&presence_dir, name, &presence_of_events_batch(&rooms)?)?;
+            write_presence_atomic(&presence_dir, name, &presence_of_events_batch(&rooms)?)?;
             written += 1;
         }
         let orphans: Vec<&String> = have_presence.difference(&have_events).collect();
@@ -590,7 +590,7 @@ mod tests {
         std::fs::remove_dir_all(root.join(PRESENCE)).unwrap();
         let stray = root.join("presence/date=2026-11-23/city=c01");
         std::fs::create_dir_all(&stray).unwrap();
-        write_parquet_atomic(&stray, "part-0009.parquet", &crate::batch::build_presence(&[event(9, 23, "c01")]).unwrap()).unwrap();
+        write_presence_atomic(&stray, "part-0009.parquet", &crate::batch::build_presence(&[event(9, 23, "c01")]).unwrap()).unwrap();
 
         let report = run(root, &MaintenanceConfig::default(), NaiveDate::from_ymd_opt(2026, 11, 27).unwrap(), GRACE).unwrap();
         assert_eq!((report.presence_files_written, report.presence_files_removed), (6, 1), "{report:?}");
