@@ -347,21 +347,10 @@ pub(crate) fn parquet_files(dir: &Path) -> Result<Vec<(std::time::SystemTime, Pa
 
 /// The event ids of one Parquet file of the warehouse, read from its `event_id` column alone.
 pub(crate) fn file_event_ids(path: &Path) -> Result<Vec<u128>, CloudError> {
-    use crate::maintenance::io;
-    use datafusion::parquet::arrow::ProjectionMask;
-    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let err = |message: String| CloudError::Parquet { path: path.display().to_string(), message };
-    let builder = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).map_err(io(path))?).map_err(|e| err(e.to_string()))?;
-    let mask = ProjectionMask::columns(builder.parquet_schema(), ["event_id"]);
-    let mut ids = Vec::new();
-    for batch in builder.with_projection(mask).build().map_err(|e| err(e.to_string()))? {
-        let batch = batch.map_err(|e| err(e.to_string()))?;
-        let column = batch.column(0).as_any().downcast_ref::<StringArray>().ok_or_else(|| err("event_id is not a string column".into()))?;
-        for id in column.iter().flatten() {
-            ids.push(uuid::Uuid::parse_str(id).map_err(|e| err(format!("event_id {id:?}: {e}")))?.as_u128());
-        }
-    }
-    Ok(ids)
+    let batch = crate::sink::read_parquet(path, Some(&["event_id"]))?;
+    let column = batch.column(0).as_any().downcast_ref::<StringArray>().ok_or_else(|| err("event_id is not a string column".into()))?;
+    column.iter().flatten().map(|id| Ok(uuid::Uuid::parse_str(id).map_err(|e| err(format!("event_id {id:?}: {e}")))?.as_u128())).collect()
 }
 
 /// Event ids of the newest Parquet files under `root/events` (by modification time), newest

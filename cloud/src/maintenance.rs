@@ -31,16 +31,14 @@ use std::time::{Duration, SystemTime};
 
 use chrono::NaiveDate;
 use datafusion::arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
-use datafusion::arrow::record_batch::{RecordBatch, RecordBatchReader};
-use datafusion::parquet::arrow::ProjectionMask;
-use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::arrow::record_batch::RecordBatch;
 use rustix::fs::{CWD, RenameFlags, renameat_with};
 use serde::{Deserialize, Serialize};
 
 use crate::CloudError;
 use crate::batch::presence_of_events_batch;
 use crate::ingest::fnv1a;
-use crate::sink::{EVENTS, PRESENCE, write_parquet_atomic, write_presence_atomic};
+use crate::sink::{EVENTS, PRESENCE, read_parquet, write_parquet_atomic, write_presence_atomic};
 
 /// How long replaced files stay (invisibly) on disk for queries that listed them.
 pub const GRACE: Duration = Duration::from_secs(300);
@@ -150,6 +148,15 @@ fn subdirs(dir: &Path) -> Result<Vec<PathBuf>, CloudError> {
     Ok(out)
 }
 
+/// The partition directories (`date=…/city=…`) of the table at `table`, sorted.
+fn partitions(table: &Path) -> Result<Vec<PathBuf>, CloudError> {
+    let mut all = Vec::new();
+    for date_dir in subdirs(table)? {
+        all.extend(subdirs(&date_dir)?);
+    }
+    Ok(all)
+}
+
 /// Swaps two directories atomically.
 fn exchange(a: &Path, b: &Path) -> Result<(), CloudError> {
     renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE)
@@ -213,18 +220,8 @@ pub fn remove_temp_files(root: &Path) -> Result<u64, CloudError> {
 
 /// Reads Parquet files into one batch sorted by event type, school and event time.
 fn merge(files: &[PathBuf]) -> Result<RecordBatch, CloudError> {
-    let schema = edubrain_schemas::warehouse::event_file_schema();
-    let mut batches = Vec::new();
-    for f in files {
-        let err = |message: String| CloudError::Parquet { path: f.display().to_string(), message };
-        let file = std::fs::File::open(f).map_err(io(f))?;
-        for batch in
-            ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| err(e.to_string()))?.build().map_err(|e| err(e.to_string()))?
-        {
-            batches.push(batch.map_err(|e| err(e.to_string()))?);
-        }
-    }
-    let all = concat_batches(&schema, &batches)?;
+    let batches = files.iter().map(|f| read_parquet(f, None)).collect::<Result<Vec<_>, _>>()?;
+    let all = concat_batches(&edubrain_schemas::warehouse::event_file_schema(), &batches)?;
     let key = |name: &str| SortColumn { values: all.column_by_name(name).expect("event column").clone(), options: None };
     let order = lexsort_to_indices(&[key("event_type"), key("school"), key("event_time")], None)?;
     Ok(take_record_batch(&all, &order)?)
@@ -272,40 +269,44 @@ fn compact_partition(root: &Path, partition: &Path, cfg: &MaintenanceConfig, bud
         std::fs::hard_link(path, &link).map_err(io(&link))?;
     }
     write_parquet_atomic(&next, &name, &batch)?;
+    // The merged file's presence, from the rows in hand, before the file becomes visible (as
+    // ingest orders them); the replaced files' presence leaves in `reconcile_presence`.
+    let presence_dir = root.join(PRESENCE).join(partition.strip_prefix(root.join(EVENTS)).expect("a partition of the events table"));
+    write_presence_atomic(&presence_dir, &name, &presence_of_events_batch(&batch)?)?;
     exchange(partition, &next)?; // `next` now holds the old files, invisible to queries
     sync_dir(partition.parent().expect("a partition has a parent"))?;
     Ok(merged.len() as u64)
 }
 
 /// Moves `events/date=D` and `presence/date=D` directories older than the retention out of
-/// the tables.
+/// the tables; returns the events days expired. Presence first: a crash between the two leaves
+/// events whose presence maintenance writes again (and the next run expires), never presence
+/// without its events.
 fn expire(root: &Path, today: NaiveDate, days: u32) -> Result<u64, CloudError> {
     if days == 0 {
         return Ok(0);
     }
     let oldest_kept = today - chrono::Days::new(days as u64);
+    expire_table(root, PRESENCE, oldest_kept)?;
+    expire_table(root, EVENTS, oldest_kept)
+}
+
+/// Moves `root/table/date=D` directories dated before `oldest_kept` into `maintenance/`.
+fn expire_table(root: &Path, table: &str, oldest_kept: NaiveDate) -> Result<u64, CloudError> {
+    let dir_of_table = root.join(table);
     let mut expired = 0;
-    // Presence first: a crash between the two leaves events whose presence maintenance
-    // writes again (and the next run expires), never presence without its events.
-    for tree in [PRESENCE, EVENTS] {
-        let table = root.join(tree);
-        let mut moved = 0;
-        for dir in subdirs(&table)? {
-            let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let Some(date) = name.strip_prefix("date=").and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()) else { continue };
-            if date < oldest_kept {
-                let to = work_dir(root, &format!("expired-{tree}-{name}"))?;
-                exchange(&dir, &to)?; // the empty directory takes the partition's place …
-                std::fs::remove_dir(&dir).map_err(io(&dir))?; // … and goes
-                moved += 1;
-            }
+    for dir in subdirs(&dir_of_table)? {
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let Some(date) = name.strip_prefix("date=").and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()) else { continue };
+        if date < oldest_kept {
+            let to = work_dir(root, &format!("expired-{table}-{name}"))?;
+            exchange(&dir, &to)?; // the empty directory takes the partition's place …
+            std::fs::remove_dir(&dir).map_err(io(&dir))?; // … and goes
+            expired += 1;
         }
-        if moved > 0 {
-            sync_dir(&table)?;
-        }
-        if tree == EVENTS {
-            expired = moved;
-        }
+    }
+    if expired > 0 {
+        sync_dir(&dir_of_table)?;
     }
     Ok(expired)
 }
@@ -328,18 +329,6 @@ fn parquet_names(dir: &Path) -> Result<BTreeSet<String>, CloudError> {
     Ok(names)
 }
 
-/// Reads `columns` of a Parquet file of the events table into one batch.
-fn read_columns(path: &Path, columns: &[&str]) -> Result<RecordBatch, CloudError> {
-    let err = |message: String| CloudError::Parquet { path: path.display().to_string(), message };
-    let file = std::fs::File::open(path).map_err(io(path))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| err(e.to_string()))?;
-    let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
-    let reader = builder.with_projection(mask).build().map_err(|e| err(e.to_string()))?;
-    let schema = reader.schema();
-    let batches = reader.collect::<Result<Vec<_>, _>>().map_err(|e| err(e.to_string()))?;
-    Ok(concat_batches(&schema, &batches)?)
-}
-
 /// Makes every partition's presence files match its events files, one for one by name (see
 /// `sink::write_events`): writes the presence of each events file that has none (a file
 /// compaction merged, or one from before the presence table) and moves out each presence file
@@ -347,21 +336,19 @@ fn read_columns(path: &Path, columns: &[&str]) -> Result<RecordBatch, CloudError
 /// writer crashed in between). Returns (written, removed).
 fn reconcile_presence(root: &Path) -> Result<(u64, u64), CloudError> {
     let (events, presence) = (root.join(EVENTS), root.join(PRESENCE));
-    let mut partitions = BTreeSet::new();
+    let mut both = BTreeSet::new();
     for table in [&events, &presence] {
-        for date_dir in subdirs(table)? {
-            for partition in subdirs(&date_dir)? {
-                partitions.insert(partition.strip_prefix(table).expect("listed under its table").to_path_buf());
-            }
+        for partition in partitions(table)? {
+            both.insert(partition.strip_prefix(table).expect("listed under its table").to_path_buf());
         }
     }
     let (mut written, mut removed) = (0, 0);
     let mut retired: Option<PathBuf> = None;
-    for partition in partitions {
+    for partition in both {
         let (events_dir, presence_dir) = (events.join(&partition), presence.join(&partition));
         let (have_events, have_presence) = (parquet_names(&events_dir)?, parquet_names(&presence_dir)?);
         for name in have_events.difference(&have_presence) {
-            let rooms = read_columns(&events_dir.join(name), &["event_type", "school", "classroom"])?;
+            let rooms = read_parquet(&events_dir.join(name), Some(&["event_type", "school", "classroom"]))?;
             write_presence_atomic(&presence_dir, name, &presence_of_events_batch(&rooms)?)?;
             written += 1;
         }
@@ -399,16 +386,17 @@ pub fn run(root: &Path, cfg: &MaintenanceConfig, today: NaiveDate, grace: Durati
         Report { leftovers_removed: remove_leftovers(root, grace)?, temp_files_removed: remove_temp_files(root)?, ..Report::default() };
     report.partitions_expired = expire(root, today, cfg.retention_days)?;
     let mut budget = cfg.max_merge_bytes;
-    for date_dir in subdirs(&root.join(EVENTS))? {
-        for partition in subdirs(&date_dir)? {
-            let merged = compact_partition(root, &partition, cfg, &mut budget)?;
-            if merged > 0 {
-                report.partitions_compacted += 1;
-                report.files_merged += merged;
-            }
+    for partition in partitions(&root.join(EVENTS))? {
+        let merged = compact_partition(root, &partition, cfg, &mut budget)?;
+        if merged > 0 {
+            report.partitions_compacted += 1;
+            report.files_merged += merged;
+            report.presence_files_written += 1; // the merged file's, written by the merge
         }
     }
-    (report.presence_files_written, report.presence_files_removed) = reconcile_presence(root)?;
+    let (written, removed) = reconcile_presence(root)?;
+    report.presence_files_written += written;
+    report.presence_files_removed = removed;
     Ok(report)
 }
 
@@ -480,9 +468,7 @@ mod tests {
     }
 
     fn parquet_files(dir: &Path) -> usize {
-        std::fs::read_dir(dir)
-            .map(|d| d.filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".parquet")).count())
-            .unwrap_or(0)
+        parquet_names(dir).unwrap().len()
     }
 
     /// Every events file has a presence file of the same name and no presence file is without
@@ -490,11 +476,9 @@ mod tests {
     async fn presence_matches_events(w: &Warehouse, root: &Path) {
         let names = |table: &str| {
             let mut all = Vec::new();
-            for date_dir in subdirs(&root.join(table)).unwrap() {
-                for partition in subdirs(&date_dir).unwrap() {
-                    let rel = partition.strip_prefix(root.join(table)).unwrap().to_path_buf();
-                    all.extend(parquet_names(&partition).unwrap().into_iter().map(|n| rel.join(n)));
-                }
+            for partition in partitions(&root.join(table)).unwrap() {
+                let rel = partition.strip_prefix(root.join(table)).unwrap().to_path_buf();
+                all.extend(parquet_names(&partition).unwrap().into_iter().map(|n| rel.join(n)));
             }
             all
         };

@@ -4,8 +4,10 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::record_batch::{RecordBatch, RecordBatchReader};
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::parquet::arrow::{ArrowWriter, ProjectionMask};
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
 
@@ -18,6 +20,21 @@ pub const PRESENCE: &str = "presence";
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> CloudError + '_ {
     move |e| CloudError::Io { path: path.display().to_string(), source: e }
+}
+
+/// Reads a Parquet file of the warehouse into one batch: only `columns` when given, else all.
+pub fn read_parquet(path: &Path, columns: Option<&[&str]>) -> Result<RecordBatch, CloudError> {
+    let err = |e: &dyn std::fmt::Display| CloudError::Parquet { path: path.display().to_string(), message: e.to_string() };
+    let file = File::open(path).map_err(io(path))?;
+    let mut builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| err(&e))?;
+    if let Some(columns) = columns {
+        let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
+        builder = builder.with_projection(mask);
+    }
+    let reader = builder.build().map_err(|e| err(&e))?;
+    let schema = reader.schema();
+    let batches = reader.collect::<Result<Vec<_>, _>>().map_err(|e| err(&e))?;
+    Ok(concat_batches(&schema, &batches)?)
 }
 
 /// Writes `batch` as `dir/name` atomically, zstd-compressed; returns the final path and its size

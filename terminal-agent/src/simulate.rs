@@ -354,7 +354,7 @@ fn dual_teacher(sim: &mut Sim<'_>, school: &SimSchool, day: NaiveDate) {
     }
 }
 
-fn resources(sim: &mut Sim<'_>, school: &SimSchool, day: NaiveDate) {
+fn resources<'a>(sim: &mut Sim<'a>, school: &'a SimSchool, day: NaiveDate) {
     use edubrain_schemas::event::ResourceKind::*;
     let province = sim.province;
     let office = &school.classrooms[school.classrooms.len() - 1];
@@ -385,8 +385,7 @@ fn resources(sim: &mut Sim<'_>, school: &SimSchool, day: NaiveDate) {
             }),
         );
         if passed {
-            let owner = province.school(&r.owner_school);
-            sim.pool.push((r, owner));
+            sim.pool.push((r, Some(school)));
         }
     }
     // Views: teachers look for material, preferring good resources near them.
