@@ -14,8 +14,8 @@
 //! them). Retention moves a whole `date=` directory into `maintenance/` the same way.
 //!
 //! The `presence` table holds one small file per events file, of the same name (see
-//! `sink::write_events`). A run ends by making the two match again: a merged events file gets
-//! its presence file, and the presence files of the files it replaced leave for `maintenance/`
+//! `sink::write_events`). Compaction writes a merged file's presence before the swap, and a
+//! run ends by making the two match again: the presence files of replaced files leave for `maintenance/`
 //! (only once every events file of their partition has its own, so no room-day goes missing in
 //! between). The same step writes presence for a warehouse from before the table existed.
 //!
@@ -330,8 +330,8 @@ fn parquet_names(dir: &Path) -> Result<BTreeSet<String>, CloudError> {
 }
 
 /// Makes every partition's presence files match its events files, one for one by name (see
-/// `sink::write_events`): writes the presence of each events file that has none (a file
-/// compaction merged, or one from before the presence table) and moves out each presence file
+/// `sink::write_events`): writes the presence of each events file that has none (one from
+/// before the presence table, or one whose presence write failed) and moves out each presence file
 /// whose events file is gone (merged away, expired, or never renamed into place because its
 /// writer crashed in between). Returns (written, removed).
 fn reconcile_presence(root: &Path) -> Result<(u64, u64), CloudError> {
