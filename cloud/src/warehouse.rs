@@ -23,17 +23,13 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::Column;
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::stats::{Precision, Statistics};
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
-use datafusion::common::{HashMap, TableReference};
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::file_format::parquet::{ParquetFormat, transform_schema_to_view};
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::datasource::{MemTable, TableProvider};
 use datafusion::error::DataFusionError;
-use datafusion::execution::cache::cache_manager::{CacheManagerConfig, CachedFileMetadata};
-use datafusion::execution::cache::default_cache::DefaultCache;
-use datafusion::execution::cache::{Cache, CacheEntryInfo, TableScopedPath};
+use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
@@ -134,8 +130,7 @@ fn session(memory_limit_bytes: usize, caches: CacheManagerConfig) -> Result<Sess
 /// - No list-files cache: DataFusion's default caches a table's file list forever, so files
 ///   renamed into place after the first query would never be seen (the Kafka outage test
 ///   found this once the headline gauges queried an empty warehouse at start-up).
-/// - Parquet footers (with their page indexes) and per-file statistics (without string bounds,
-///   see [`NumericStatistics`]) are kept, each entry
+/// - Parquet footers (with their page indexes) and per-file statistics are kept, each entry
 ///   checked against its file's size and modification time, so a file compaction replaced is
 ///   read afresh. DataFusion's defaults (50 MiB and 20 MiB) hold about 800 and 1,300 of this
 ///   warehouse's files; past that every query read every footer again (100M events are 3,500
@@ -153,7 +148,6 @@ impl FileCaches<'_> {
         match self {
             FileCaches::New(limits) => config
                 .with_metadata_cache_limit(limits.file_metadata_cache_bytes)
-                .with_file_statistics_cache(Some(Arc::new(NumericStatistics::new(limits.file_statistics_cache_bytes))))
                 .with_file_statistics_cache_limit(limits.file_statistics_cache_bytes),
             FileCaches::SharedWith(ctx) => {
                 let caches = &ctx.runtime_env().cache_manager;
@@ -166,81 +160,6 @@ impl FileCaches<'_> {
                     .with_file_statistics_cache_limit(0)
             }
         }
-    }
-}
-
-/// The per-file statistics cache, keeping of each file its row count, byte size and, per
-/// column, null count, distinct count and sum, plus the min/max of columns whose values are
-/// fixed-width (numbers, timestamps, booleans), but not the min/max of strings.
-///
-/// Why: planning a scan copies every listed file's statistics (to add its partition columns'
-/// values), merges them and later drops the copies, every query. At 10M events (377 files a
-/// table) planning took 22-25 ms a query, 45% of it in `ListingTable::scan`, where cloning the
-/// string bounds was the largest part; without them the suite's 45 queries planned in
-/// 0.87-0.88 s instead of 1.00-1.15 s. A file's string bounds never prune a file here: each file holds all of
-/// a city's schools, classrooms and event types for its day; the row groups' and pages' bounds,
-/// which do prune, come from the Parquet footer, not from this cache.
-struct NumericStatistics(DefaultCache<TableScopedPath, CachedFileMetadata>);
-
-impl NumericStatistics {
-    fn new(limit_bytes: usize) -> Self {
-        Self(DefaultCache::new(limit_bytes).with_name("NumericFileStatisticsCache"))
-    }
-}
-
-/// `statistics` without min/max bounds that live on the heap (strings, binaries, nested).
-fn without_heap_bounds(statistics: &Statistics) -> Statistics {
-    let mut lean = statistics.clone();
-    for column in &mut lean.column_statistics {
-        for bound in [&mut column.min_value, &mut column.max_value] {
-            if bound.get_value().is_some_and(|v| !v.data_type().is_primitive() && !matches!(v.data_type(), DataType::Boolean)) {
-                *bound = Precision::Absent;
-            }
-        }
-    }
-    lean
-}
-
-impl Cache<TableScopedPath, CachedFileMetadata> for NumericStatistics {
-    fn get(&self, key: &TableScopedPath) -> Option<CachedFileMetadata> {
-        self.0.get(key)
-    }
-    fn put(&self, key: &TableScopedPath, mut value: CachedFileMetadata) -> Option<CachedFileMetadata> {
-        value.statistics = Arc::new(without_heap_bounds(&value.statistics));
-        self.0.put(key, value)
-    }
-    fn remove(&self, key: &TableScopedPath) -> Option<CachedFileMetadata> {
-        self.0.remove(key)
-    }
-    fn contains_key(&self, key: &TableScopedPath) -> bool {
-        self.0.contains_key(key)
-    }
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-    fn clear(&self) {
-        self.0.clear()
-    }
-    fn name(&self) -> String {
-        self.0.name()
-    }
-    fn cache_limit(&self) -> usize {
-        self.0.cache_limit()
-    }
-    fn update_cache_limit(&self, limit: usize) {
-        self.0.update_cache_limit(limit)
-    }
-    fn cache_ttl(&self) -> Option<std::time::Duration> {
-        self.0.cache_ttl()
-    }
-    fn update_cache_ttl(&self, ttl: Option<std::time::Duration>) {
-        self.0.update_cache_ttl(ttl)
-    }
-    fn drop_table_entries(&self, table: &TableReference) -> datafusion::error::Result<()> {
-        self.0.drop_table_entries(table)
-    }
-    fn list_entries(&self) -> HashMap<TableScopedPath, CacheEntryInfo<CachedFileMetadata>> {
-        self.0.list_entries()
     }
 }
 
@@ -629,38 +548,6 @@ mod tests {
         assert!(Arc::ptr_eq(&caches.get_file_metadata_cache(), &shared.get_file_metadata_cache()), "a role's session shares the footers");
         let limits = QueryLimits::default();
         assert_eq!(shared.get_file_metadata_cache().cache_limit(), limits.file_metadata_cache_bytes);
-    }
-
-    /// The statistics cache keeps row counts and numeric bounds but no string bounds, and
-    /// answers stay right without them (`MIN` of a string column, a string filter).
-    #[tokio::test]
-    async fn cached_statistics_keep_numbers_and_drop_string_bounds() {
-        let dir = tempfile::tempdir().unwrap();
-        let w = Warehouse::open(dir.path(), Vec::new(), 1 << 28).await.unwrap();
-        write(dir.path(), "part-1.parquet", vec![heartbeat(1), heartbeat(2), heartbeat(3)]);
-        let rows = w
-            .query_json("SELECT COUNT(*) AS n, MIN(classroom) AS first, MAX(uptime_s) AS longest FROM events WHERE school = 'c01-s1'")
-            .await
-            .unwrap();
-        assert_eq!(rows[0]["n"], 3);
-        assert_eq!(rows[0]["first"], "c01-s1-r1");
-        assert_eq!(rows[0]["longest"], 3);
-        let cache = w.context().runtime_env().cache_manager.get_file_statistic_cache().expect("a statistics cache");
-        assert_eq!(cache.name(), "NumericFileStatisticsCache");
-        let entries = cache.list_entries();
-        let statistics = &entries.values().next().expect("the file's statistics are cached").value.statistics;
-        assert_eq!(statistics.num_rows, Precision::Exact(3));
-        let file_schema = event_file_schema();
-        let mut numeric_bounds = 0;
-        for (field, column) in file_schema.fields().iter().zip(&statistics.column_statistics) {
-            let bounds = [&column.min_value, &column.max_value];
-            if matches!(field.data_type(), DataType::Utf8 | DataType::Utf8View) {
-                assert!(bounds.iter().all(|b| **b == Precision::Absent), "{}: string bounds are not cached", field.name());
-            } else if bounds.iter().all(|b| b.get_value().is_some()) {
-                numeric_bounds += 1;
-            }
-        }
-        assert!(numeric_bounds > 0, "numeric bounds are kept: {statistics:?}");
     }
 
     /// The utilisation queries group every heartbeat by school, classroom and `registry_from`.
