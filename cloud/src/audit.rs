@@ -110,9 +110,8 @@ impl AuditLog {
         retention_days: u32,
         metrics: CloudMetrics,
     ) -> Result<(Self, std::thread::JoinHandle<()>), CloudError> {
-        std::fs::create_dir_all(dir).map_err(|e| CloudError::Io { path: dir.display().to_string(), source: e })?;
-        expire(dir, chrono::Utc::now().date_naive(), retention_days)
-            .map_err(|e| CloudError::Io { path: dir.display().to_string(), source: e })?;
+        std::fs::create_dir_all(dir).map_err(CloudError::io(dir))?;
+        expire(dir, chrono::Utc::now().date_naive(), retention_days).map_err(CloudError::io(dir))?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let dir = dir.to_path_buf();
         let writer = std::thread::Builder::new()
@@ -138,7 +137,7 @@ pub fn file_for(dir: &Path, day: NaiveDate) -> PathBuf {
 /// Reads every record of `day` (for tests and the operator).
 pub fn read_day(dir: &Path, day: NaiveDate) -> Result<Vec<AuditRecord>, CloudError> {
     let path = file_for(dir, day);
-    let text = std::fs::read_to_string(&path).map_err(|e| CloudError::Io { path: path.display().to_string(), source: e })?;
+    let text = std::fs::read_to_string(&path).map_err(CloudError::io(&path))?;
     text.lines()
         .enumerate()
         .map(|(i, l)| serde_json::from_str(l).map_err(|e| CloudError::Query(format!("{} line {}: {e}", path.display(), i + 1))))

@@ -353,10 +353,9 @@ fn from_files(
     shutdown: &CancellationToken,
     report: &mut dyn FnMut(&BackfillProgress),
 ) -> Result<BackfillProgress, CloudError> {
-    use crate::maintenance::io;
     use std::io::BufRead;
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(io(dir))?
+        .map_err(CloudError::io(dir))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
         .collect();
@@ -366,13 +365,13 @@ fn from_files(
     }
     let mut progress = BackfillProgress { unit: "bytes", ..BackfillProgress::default() };
     for f in &files {
-        progress.total += std::fs::metadata(f).map_err(io(f))?.len();
+        progress.total += std::fs::metadata(f).map_err(CloudError::io(f))?.len();
     }
     report(&progress);
     let mut ticker = Ticker(Instant::now());
     let now = Utc::now();
     for file in &files {
-        let reader = std::io::BufReader::new(std::fs::File::open(file).map_err(io(file))?);
+        let reader = std::io::BufReader::new(std::fs::File::open(file).map_err(CloudError::io(file))?);
         for (n, line) in reader.split(b'\n').enumerate() {
             if shutdown.is_cancelled() {
                 return Err(CloudError::Query(format!(
@@ -381,7 +380,7 @@ fn from_files(
                     n + 1
                 )));
             }
-            let line = line.map_err(io(file))?;
+            let line = line.map_err(CloudError::io(file))?;
             progress.position += line.len() as u64 + 1;
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;

@@ -326,19 +326,18 @@ fn spawn_lag_probe(
 
 /// Parquet files under `dir` (recursively), with their modification times.
 pub(crate) fn parquet_files(dir: &Path) -> Result<Vec<(std::time::SystemTime, PathBuf)>, CloudError> {
-    use crate::maintenance::io;
     let mut files = Vec::new();
     let mut dirs = vec![dir.to_path_buf()];
     while let Some(dir) = dirs.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
         for entry in entries {
-            let entry = entry.map_err(io(&dir))?;
+            let entry = entry.map_err(CloudError::io(&dir))?;
             let path = entry.path();
-            let meta = entry.metadata().map_err(io(&path))?;
+            let meta = entry.metadata().map_err(CloudError::io(&path))?;
             if meta.is_dir() {
                 dirs.push(path);
             } else if path.extension().is_some_and(|e| e == "parquet") {
-                files.push((meta.modified().map_err(io(&path))?, path));
+                files.push((meta.modified().map_err(CloudError::io(&path))?, path));
             }
         }
     }

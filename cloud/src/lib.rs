@@ -66,6 +66,13 @@ pub enum CloudError {
     Schema(#[from] edubrain_schemas::SchemaError),
 }
 
+impl CloudError {
+    /// Maps an I/O error on `path` to [`CloudError::Io`] naming it: `.map_err(CloudError::io(path))`.
+    pub(crate) fn io(path: &std::path::Path) -> impl Fn(std::io::Error) -> CloudError + '_ {
+        move |e| CloudError::Io { path: path.display().to_string(), source: e }
+    }
+}
+
 /// A started cloud.
 pub struct RunningCloud {
     pub http_addr: SocketAddr,

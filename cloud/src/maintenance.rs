@@ -93,13 +93,13 @@ pub struct WriterLock {
 impl WriterLock {
     /// The lock, or `None` when someone else holds it.
     pub fn try_acquire(root: &Path) -> Result<Option<Self>, CloudError> {
-        std::fs::create_dir_all(root).map_err(io(root))?;
+        std::fs::create_dir_all(root).map_err(CloudError::io(root))?;
         let path = root.join("writer.lock");
-        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io(&path))?;
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(CloudError::io(&path))?;
         match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => Ok(Some(Self { _file: file })),
             Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
-            Err(e) => Err(io(&path)(e.into())),
+            Err(e) => Err(CloudError::io(&path)(e.into())),
         }
     }
 
@@ -123,13 +123,8 @@ impl WriterLock {
     }
 }
 
-/// Maps an I/O error on `path` to [`CloudError::Io`] naming it.
-pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CloudError + '_ {
-    move |e| CloudError::Io { path: path.display().to_string(), source: e }
-}
-
 fn sync_dir(dir: &Path) -> Result<(), CloudError> {
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(CloudError::io(dir))
 }
 
 /// Sub-directories of `dir` (sorted), or nothing if it does not exist.
@@ -138,9 +133,9 @@ fn subdirs(dir: &Path) -> Result<Vec<PathBuf>, CloudError> {
         return Ok(Vec::new());
     }
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
-        let entry = entry.map_err(io(dir))?;
-        if entry.file_type().map_err(io(dir))?.is_dir() {
+    for entry in std::fs::read_dir(dir).map_err(CloudError::io(dir))? {
+        let entry = entry.map_err(CloudError::io(dir))?;
+        if entry.file_type().map_err(CloudError::io(dir))?.is_dir() {
             out.push(entry.path());
         }
     }
@@ -166,10 +161,10 @@ fn exchange(a: &Path, b: &Path) -> Result<(), CloudError> {
 /// A fresh, unique directory under `root/maintenance`.
 fn work_dir(root: &Path, what: &str) -> Result<PathBuf, CloudError> {
     let base = root.join("maintenance");
-    std::fs::create_dir_all(&base).map_err(io(&base))?;
+    std::fs::create_dir_all(&base).map_err(CloudError::io(&base))?;
     let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos();
     let dir = base.join(format!("{what}-{nanos}"));
-    std::fs::create_dir(&dir).map_err(io(&dir))?;
+    std::fs::create_dir(&dir).map_err(CloudError::io(&dir))?;
     Ok(dir)
 }
 
@@ -179,7 +174,7 @@ pub fn remove_leftovers(root: &Path, grace: Duration) -> Result<u64, CloudError>
     for dir in subdirs(&root.join("maintenance"))? {
         let age = std::fs::metadata(&dir).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).unwrap_or_default();
         if age >= grace {
-            std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+            std::fs::remove_dir_all(&dir).map_err(CloudError::io(&dir))?;
             removed += 1;
         }
     }
@@ -195,17 +190,17 @@ pub fn remove_temp_files(root: &Path) -> Result<u64, CloudError> {
         let entries = match std::fs::read_dir(dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io(dir)(e)),
+            Err(e) => return Err(CloudError::io(dir)(e)),
         };
         for entry in entries {
-            let entry = entry.map_err(io(dir))?;
+            let entry = entry.map_err(CloudError::io(dir))?;
             let path = entry.path();
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if entry.file_type().map_err(io(&path))?.is_dir() {
+            if entry.file_type().map_err(CloudError::io(&path))?.is_dir() {
                 walk(&path, removed)?;
             } else if name.starts_with('.') && name.ends_with(".tmp") {
-                std::fs::remove_file(&path).map_err(io(&path))?;
+                std::fs::remove_file(&path).map_err(CloudError::io(&path))?;
                 *removed += 1;
             }
         }
@@ -232,14 +227,14 @@ fn merge(files: &[PathBuf]) -> Result<RecordBatch, CloudError> {
 fn compact_partition(root: &Path, partition: &Path, cfg: &MaintenanceConfig, budget: &mut u64) -> Result<u64, CloudError> {
     let mut small = Vec::new();
     let mut keep = Vec::new();
-    for entry in std::fs::read_dir(partition).map_err(io(partition))? {
-        let entry = entry.map_err(io(partition))?;
+    for entry in std::fs::read_dir(partition).map_err(CloudError::io(partition))? {
+        let entry = entry.map_err(CloudError::io(partition))?;
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
         if !name.ends_with(".parquet") || name.starts_with('.') {
             continue; // temporary files of a write in progress are not ours to touch
         }
-        let size = entry.metadata().map_err(io(&path))?.len();
+        let size = entry.metadata().map_err(CloudError::io(&path))?.len();
         if size < cfg.small_file_bytes { small.push((size, path)) } else { keep.push(path) }
     }
     if cfg.compact_min_files == 0 || small.len() < cfg.compact_min_files.max(2) {
@@ -266,7 +261,7 @@ fn compact_partition(root: &Path, partition: &Path, cfg: &MaintenanceConfig, bud
     let next = work_dir(root, "compacting")?;
     for path in &keep {
         let link = next.join(path.file_name().expect("a file"));
-        std::fs::hard_link(path, &link).map_err(io(&link))?;
+        std::fs::hard_link(path, &link).map_err(CloudError::io(&link))?;
     }
     write_parquet_atomic(&next, &name, &batch)?;
     // The merged file's presence, from the rows in hand, before the file becomes visible (as
@@ -301,7 +296,7 @@ fn expire_table(root: &Path, table: &str, oldest_kept: NaiveDate) -> Result<u64,
         if date < oldest_kept {
             let to = work_dir(root, &format!("expired-{table}-{name}"))?;
             exchange(&dir, &to)?; // the empty directory takes the partition's place …
-            std::fs::remove_dir(&dir).map_err(io(&dir))?; // … and goes
+            std::fs::remove_dir(&dir).map_err(CloudError::io(&dir))?; // … and goes
             expired += 1;
         }
     }
@@ -317,11 +312,11 @@ fn parquet_names(dir: &Path) -> Result<BTreeSet<String>, CloudError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
-        Err(e) => return Err(io(dir)(e)),
+        Err(e) => return Err(CloudError::io(dir)(e)),
     };
     let mut names = BTreeSet::new();
     for entry in entries {
-        let name = entry.map_err(io(dir))?.file_name().to_string_lossy().into_owned();
+        let name = entry.map_err(CloudError::io(dir))?.file_name().to_string_lossy().into_owned();
         if name.ends_with(".parquet") && !name.starts_with('.') {
             names.insert(name);
         }
@@ -365,9 +360,9 @@ fn reconcile_presence(root: &Path) -> Result<(u64, u64), CloudError> {
             None => retired.insert(work_dir(root, "presence-orphans")?).clone(),
         };
         let to = retired.join(&partition);
-        std::fs::create_dir_all(&to).map_err(io(&to))?;
+        std::fs::create_dir_all(&to).map_err(CloudError::io(&to))?;
         for name in orphans {
-            std::fs::rename(presence_dir.join(name), to.join(name)).map_err(io(&presence_dir))?;
+            std::fs::rename(presence_dir.join(name), to.join(name)).map_err(CloudError::io(&presence_dir))?;
             removed += 1;
         }
         sync_dir(&presence_dir)?;

@@ -203,7 +203,7 @@ pub fn load(path: &Path) -> Result<Vec<School>, CloudError> {
 
 fn load_parquet(path: &Path) -> Result<Vec<School>, CloudError> {
     let err = |message: String| CloudError::Parquet { path: path.display().to_string(), message };
-    let file = std::fs::File::open(path).map_err(|e| CloudError::Io { path: path.display().to_string(), source: e })?;
+    let file = std::fs::File::open(path).map_err(CloudError::io(path))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| err(e.to_string()))?.build().map_err(|e| err(e.to_string()))?;
     let mut schools = Vec::new();
     let mut row = 1u64; // line 1 is the header, as in the CSV

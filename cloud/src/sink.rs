@@ -18,14 +18,10 @@ pub const EVENTS: &str = "events";
 /// The presence table's directory: per events file, the rooms with a heartbeat in it.
 pub const PRESENCE: &str = "presence";
 
-fn io(path: &Path) -> impl Fn(std::io::Error) -> CloudError + '_ {
-    move |e| CloudError::Io { path: path.display().to_string(), source: e }
-}
-
 /// Reads a Parquet file of the warehouse into one batch: only `columns` when given, else all.
 pub fn read_parquet(path: &Path, columns: Option<&[&str]>) -> Result<RecordBatch, CloudError> {
     let err = |e: &dyn std::fmt::Display| CloudError::Parquet { path: path.display().to_string(), message: e.to_string() };
-    let file = File::open(path).map_err(io(path))?;
+    let file = File::open(path).map_err(CloudError::io(path))?;
     let mut builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| err(&e))?;
     if let Some(columns) = columns {
         let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
@@ -51,21 +47,21 @@ pub fn write_presence_atomic(dir: &Path, name: &str, batch: &RecordBatch) -> Res
 }
 
 fn write_atomic(dir: &Path, name: &str, batch: &RecordBatch, compression: Compression) -> Result<(PathBuf, u64), CloudError> {
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    std::fs::create_dir_all(dir).map_err(CloudError::io(dir))?;
     let final_path = dir.join(name);
     let tmp_path = dir.join(format!(".{name}.tmp"));
-    let file = File::create(&tmp_path).map_err(io(&tmp_path))?;
+    let file = File::create(&tmp_path).map_err(CloudError::io(&tmp_path))?;
     let props = WriterProperties::builder().set_compression(compression).set_max_row_group_row_count(Some(128 * 1024)).build();
     let parquet =
         |e: datafusion::parquet::errors::ParquetError| CloudError::Parquet { path: tmp_path.display().to_string(), message: e.to_string() };
     let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(parquet)?;
     writer.write(batch).map_err(parquet)?;
     let file = writer.into_inner().map_err(parquet)?;
-    file.sync_all().map_err(io(&tmp_path))?;
-    let size = file.metadata().map_err(io(&tmp_path))?.len();
+    file.sync_all().map_err(CloudError::io(&tmp_path))?;
+    let size = file.metadata().map_err(CloudError::io(&tmp_path))?.len();
     drop(file);
-    std::fs::rename(&tmp_path, &final_path).map_err(io(&final_path))?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+    std::fs::rename(&tmp_path, &final_path).map_err(CloudError::io(&final_path))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(CloudError::io(dir))?;
     Ok((final_path, size))
 }
 

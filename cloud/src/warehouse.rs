@@ -197,8 +197,8 @@ impl PhysicalOptimizerRule for YieldEverywhere {
 /// A view over the Parquet files under `dir` (created if missing), hive-partitioned by `date`
 /// and `city`, re-listed on every query, with the `registry_from` of each row's date.
 fn hive_table(ctx: &SessionContext, dir: &Path, file_schema: SchemaRef, registry: &Registry) -> Result<Arc<dyn TableProvider>, CloudError> {
-    std::fs::create_dir_all(dir).map_err(|e| CloudError::Io { path: dir.display().to_string(), source: e })?;
-    let dir = std::fs::canonicalize(dir).map_err(|e| CloudError::Io { path: dir.display().to_string(), source: e })?;
+    std::fs::create_dir_all(dir).map_err(CloudError::io(dir))?;
+    let dir = std::fs::canonicalize(dir).map_err(CloudError::io(dir))?;
     let url = ListingTableUrl::parse(format!("{}/", dir.display()))?;
     let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
         .with_file_extension(".parquet")
