@@ -60,7 +60,7 @@ impl WalRecord {
             destination: r.destination,
             event_id: r.event_id,
             key: r.key.to_string(),
-            headers: r.headers.into_iter().map(|(n, v)| (n, v.to_string())).collect(),
+            headers: r.headers().iter().map(|&(n, v)| (n, v.to_string())).collect(),
             payload: r.payload.to_vec(),
         })
     }
@@ -97,7 +97,10 @@ pub struct WalRecordRef<'a> {
     pub destination: Destination,
     pub event_id: Option<u128>,
     pub key: &'a str,
-    pub headers: Vec<(&'static str, &'a str)>,
+    /// The first `header_count` are the record's headers (see [`WalRecordRef::headers`]): held
+    /// in place rather than in a `Vec`, since the shipper parses every record it produces.
+    header_slots: [(&'static str, &'a str); HEADER_NAMES.len()],
+    header_count: usize,
     pub payload: &'a [u8],
 }
 
@@ -118,15 +121,27 @@ impl<'a> WalRecordRef<'a> {
         let has_id = r.u8()? == 1;
         let id = u128::from_le_bytes(r.take(16)?.try_into().expect("16 bytes"));
         let key = r.str16()?;
-        let count = r.u8()?;
-        let mut headers = Vec::with_capacity(count as usize);
-        for _ in 0..count {
-            let n = r.u8()? as usize;
-            let name = std::str::from_utf8(r.take(n)?).map_err(|_| EdgeError::Wal("header name is not UTF-8".into()))?;
-            let name = HEADER_NAMES.iter().find(|h| **h == name).ok_or_else(|| EdgeError::Wal(format!("unknown header {name:?}")))?;
-            headers.push((*name, r.str16()?));
+        let header_count = r.u8()? as usize;
+        // Each name at most once: more headers than names is a foreign or damaged record.
+        if header_count > HEADER_NAMES.len() {
+            return Err(EdgeError::Wal(format!("{header_count} headers, more than the {} names there are", HEADER_NAMES.len())));
         }
-        Ok(Self { destination, event_id: has_id.then_some(id), key, headers, payload: &bytes[r.pos..] })
+        let mut header_slots = [("", ""); HEADER_NAMES.len()];
+        for slot in &mut header_slots[..header_count] {
+            let n = r.u8()? as usize;
+            let raw = r.take(n)?;
+            let name = HEADER_NAMES
+                .iter()
+                .find(|h| h.as_bytes() == raw)
+                .ok_or_else(|| EdgeError::Wal(format!("unknown header {:?}", String::from_utf8_lossy(raw))))?;
+            *slot = (*name, r.str16()?);
+        }
+        Ok(Self { destination, event_id: has_id.then_some(id), key, header_slots, header_count, payload: &bytes[r.pos..] })
+    }
+
+    /// The record's headers, in the order they were written.
+    pub fn headers(&self) -> &[(&'static str, &'a str)] {
+        &self.header_slots[..self.header_count]
     }
 }
 
@@ -234,5 +249,22 @@ mod tests {
         let mut v2 = bytes.clone();
         v2[0] = 9;
         assert_eq!(WalRecord::decode(&v2).unwrap_err().to_string(), "WAL: record version 9 is not 1");
+        // The header count sits after version, destination, has_id, the id and the key.
+        let mut many = bytes.clone();
+        many[19 + 2 + "r1".len()] = 9;
+        assert_eq!(WalRecord::decode(&many).unwrap_err().to_string(), "WAL: 9 headers, more than the 8 names there are");
+    }
+
+    #[test]
+    fn parsed_headers_keep_their_order_and_names() {
+        let headers = vec![("edubrain.clock_flag", "device_clock_ahead".to_string()), ("edubrain.received_ms", "7".to_string())];
+        let r = WalRecord { destination: Destination::Events, event_id: Some(3), key: "r1".into(), headers, payload: b"{}".to_vec() };
+        let bytes = r.encode();
+        let parsed = WalRecordRef::parse(&bytes).unwrap();
+        assert_eq!(parsed.headers(), &[("edubrain.clock_flag", "device_clock_ahead"), ("edubrain.received_ms", "7")]);
+        let mut foreign = bytes.clone();
+        let at = bytes.windows(8).position(|w| w == b"edubrain").unwrap();
+        foreign[at] = b'E';
+        assert_eq!(WalRecordRef::parse(&foreign).unwrap_err().to_string(), "WAL: unknown header \"Edubrain.clock_flag\"");
     }
 }

@@ -310,8 +310,8 @@ impl Shipper {
         let topic = self.kafka.topic(record.destination);
         // librdkafka copies key, payload and headers at send: nothing here outlives the call.
         loop {
-            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-            for (name, value) in &record.headers {
+            let mut headers = OwnedHeaders::new_with_capacity(record.headers().len());
+            for (name, value) in record.headers() {
                 headers = headers.insert(Header { key: name, value: Some(*value) });
             }
             let r = BaseRecord::with_opaque_to(topic, seq as usize).key(record.key).payload(record.payload).headers(headers);
