@@ -30,6 +30,8 @@
 //! on disk at about 25 bytes an event). `EDUBRAIN_BENCH_DIR` keeps the warehouse in that
 //! directory; a later run with the same count reuses it and only runs the suites (to compare
 //! query settings, e.g. `DATAFUSION_*` variables, on the same files).
+//! `EDUBRAIN_BENCH_FILE_LISTING_TTL_MS` sets `[query] file_listing_ttl_ms` (0: every query
+//! lists the files).
 
 use std::ffi::OsStr;
 use std::io::Write;
@@ -45,7 +47,7 @@ use edubrain_cloud::analytics::gaps::{GapReport, Scope};
 use edubrain_cloud::analytics::utilisation::{GroupBy, utilisation};
 use edubrain_cloud::analytics::{DateRange, partition, recommend, zones};
 use edubrain_cloud::batch::StoredEvent;
-use edubrain_cloud::config::{RecommendationWeights, Thresholds, ZoneTargets};
+use edubrain_cloud::config::{QueryLimits, RecommendationWeights, Thresholds, ZoneTargets};
 use edubrain_schemas::Event;
 
 // The cloud binary's allocator (cloud/src/main.rs), so the bench measures what runs.
@@ -265,7 +267,13 @@ fn main() {
     // 3: the analytics suite, DataFusion then DuckDB.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let schools = edubrain_cloud::registry::load(&registry).unwrap();
-    let (w, log) = rt.block_on(Warehouse::open(&root, schools.clone(), 8 << 30)).unwrap().with_query_log();
+    let limits = QueryLimits {
+        memory_limit_bytes: 8 << 30,
+        file_listing_ttl_ms: env_num("EDUBRAIN_BENCH_FILE_LISTING_TTL_MS", QueryLimits::default().file_listing_ttl_ms as f64) as u64,
+        ..QueryLimits::default()
+    };
+    println!("\nFile listings kept for {} ms between queries (EDUBRAIN_BENCH_FILE_LISTING_TTL_MS)", limits.file_listing_ttl_ms);
+    let (w, log) = rt.block_on(Warehouse::open_with_limits(&root, schools.clone(), &limits)).unwrap().with_query_log();
     let (mut df_runs, mut rust_side) = (Vec::new(), Vec::new());
     for _ in 0..REPEATS {
         let t = Instant::now();

@@ -238,6 +238,10 @@ pub struct QueryLimits {
     pub file_metadata_cache_bytes: usize,
     /// Per-file column statistics kept between queries: about 16 KB a file.
     pub file_statistics_cache_bytes: usize,
+    /// How long a table's file listing is reused (0: every query lists the files again).
+    /// Files this process writes, merges or deletes are seen by the next query at once; this
+    /// bounds only how late files written by another process (a backfill) show.
+    pub file_listing_ttl_ms: u64,
 }
 
 impl Default for QueryLimits {
@@ -248,6 +252,7 @@ impl Default for QueryLimits {
             memory_limit_bytes: 2 << 30,
             file_metadata_cache_bytes: 512 << 20,
             file_statistics_cache_bytes: 128 << 20,
+            file_listing_ttl_ms: 5_000,
         }
     }
 }

@@ -161,8 +161,10 @@ impl FlightSql {
         let p = self.principal(&request).await?;
         let client = request.remote_addr().map(|a| a.to_string());
         let w = self.warehouse(&p).await?;
-        // Held until the stream ends: the files it lists stay in place (`StreamLeases`).
+        // Held until the stream ends: the files it lists stay in place (`StreamLeases`), and
+        // it lists them itself, after taking the lease.
         let lease = w.stream_leases().lease().await;
+        let w = w.listing_afresh().map_err(|e| Status::internal(format!("session for {sql:?}: {e}")))?;
         let planned = match self.plan(&w, &sql).await {
             Ok(df) => df.execute_stream().await.map_err(|e| Status::invalid_argument(format!("sql: {e}"))),
             Err(e) => Err(e),

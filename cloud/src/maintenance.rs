@@ -372,11 +372,18 @@ fn reconcile_presence(root: &Path) -> Result<(u64, u64), CloudError> {
 
 /// One maintenance run over the warehouse at `root`: leftovers older than `grace`, retention
 /// relative to `today` (local), compaction of every partition that needs it, then the presence
-/// table made to match the events files again.
+/// table made to match the events files again. Whatever it changed, and whether or not it
+/// finished, this process's queries list the files again afterwards.
 pub fn run(root: &Path, cfg: &MaintenanceConfig, today: NaiveDate, grace: Duration) -> Result<Report, CloudError> {
     let Some(_lock) = WriterLock::try_acquire(root)? else {
         return Ok(Report { skipped_for_backfill: true, ..Report::default() });
     };
+    let report = run_locked(root, cfg, today, grace);
+    crate::warehouse::forget_file_listings();
+    report
+}
+
+fn run_locked(root: &Path, cfg: &MaintenanceConfig, today: NaiveDate, grace: Duration) -> Result<Report, CloudError> {
     let mut report =
         Report { leftovers_removed: remove_leftovers(root, grace)?, temp_files_removed: remove_temp_files(root)?, ..Report::default() };
     report.partitions_expired = expire(root, today, cfg.retention_days)?;

@@ -61,6 +61,8 @@ fn write_atomic(dir: &Path, name: &str, batch: &RecordBatch, compression: Compre
     let size = file.metadata().map_err(CloudError::io(&tmp_path))?.len();
     drop(file);
     std::fs::rename(&tmp_path, &final_path).map_err(CloudError::io(&final_path))?;
+    // The next query of this process must see the file (or its new contents).
+    crate::warehouse::forget_file_listings();
     File::open(dir).and_then(|d| d.sync_all()).map_err(CloudError::io(dir))?;
     Ok((final_path, size))
 }
