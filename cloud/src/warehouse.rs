@@ -163,20 +163,13 @@ impl FileCaches<'_> {
                         .with_list_files_cache_limit(FILE_LISTING_CACHE_BYTES),
                 }
             }
-            FileCaches::SharedWith(ctx) => {
-                let caches = &ctx.runtime_env().cache_manager;
-                let metadata = caches.get_file_metadata_cache();
-                // The events table keeps the statistics cache it was built with, so a role's
-                // session needs none of its own.
-                let config = CacheManagerConfig::default()
-                    .with_metadata_cache_limit(metadata.cache_limit())
-                    .with_file_metadata_cache(Some(metadata))
-                    .with_file_statistics_cache_limit(0);
-                match caches.get_list_files_cache() {
-                    Some(listings) => config.with_list_files_cache_limit(listings.cache_limit()).with_list_files_cache(Some(listings)),
-                    None => config.with_list_files_cache_limit(0),
-                }
-            }
+            // The footer and listing caches, with their limits and TTL, as DataFusion copies
+            // them into a new runtime. The events table keeps the statistics cache it was
+            // built with, so a role's session needs none of its own.
+            FileCaches::SharedWith(ctx) => RuntimeEnvBuilder::from_runtime_env(ctx.runtime_env().as_ref())
+                .cache_manager
+                .with_file_statistics_cache(None)
+                .with_file_statistics_cache_limit(0),
         }
     }
 }
